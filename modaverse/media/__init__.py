@@ -1,0 +1,110 @@
+"""Media files -> the tensors ImageBind's towers read, for all six modalities.
+
+:func:`load_media` is the one entry point: it finds a file's modality (extension, then
+content), decodes it with Pillow / soundfile / PyAV / numpy, and reproduces upstream
+ImageBind's preprocessing. Every failure is a :class:`~modaverse.errors.MediaError` whose
+message names the file and the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from modaverse.errors import MediaError
+from modaverse.media.audio import AudioSpec, load_audio
+from modaverse.media.image import load_image
+from modaverse.media.sensors import load_array, load_depth, load_imu, load_thermal
+from modaverse.media.sniff import check_file, container_modality
+from modaverse.media.video import VideoSpec, load_video
+from modaverse.modality import INPUT_SHAPE, MODALITIES
+
+
+class MediaConfig(BaseModel):
+    """Preprocessing settings (``media:`` in a config); defaults reproduce ImageBind."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    image_size: int = Field(224, description="side of the square crop for images, depth and thermal")
+    audio: AudioSpec = AudioSpec()
+    video: VideoSpec = VideoSpec()
+    depth_scale: float = Field(0.001, description="16-bit depth PNG units -> metres (0.001 for millimetres)")
+
+
+@dataclass(frozen=True)
+class MediaInput:
+    """One preprocessed file: its modality and the tower input (no batch dimension)."""
+
+    path: str
+    modality: str
+    tensor: torch.Tensor
+
+
+def _npy_modality(path: Path) -> str:
+    shape = tuple(load_array(path).shape)
+    matches = [m for m in MODALITIES if INPUT_SHAPE[m] == shape]
+    if shape in ((224, 224),):
+        matches = ["depth", "thermal"]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise MediaError(path, f"shape {shape} fits {' and '.join(matches)}; pass --modality to choose")
+    if len(shape) == 2 and 6 in shape:
+        return "imu"
+    raise MediaError(path, f"cannot tell the modality of an array of shape {shape}; pass --modality")
+
+
+def detect_modality(path: str | Path) -> str:
+    """The modality a file holds, from its extension and, where that is ambiguous, its content."""
+    path = Path(path)
+    family, kind = check_file(path)
+    if family == "npy":
+        return _npy_modality(path)
+    if family == "csv":
+        return "imu"
+    if family == "image":
+        if kind == "png":
+            from PIL import Image
+
+            try:
+                with Image.open(path) as img:
+                    if img.mode.startswith("I;16"):
+                        return "depth"
+            except OSError:
+                pass  # the image decoder reports it with the reason
+        return "image"
+    if kind in ("isobmff", "matroska", "ogg", "avi"):
+        return container_modality(path)
+    return family
+
+
+def load_media(path: str | Path, modality: str | None = None, config: MediaConfig = MediaConfig()) -> MediaInput:
+    """Loads and preprocesses one file; ``modality`` overrides detection."""
+    path = Path(path)
+    if modality is None:
+        modality = detect_modality(path)
+    else:
+        if modality not in MODALITIES:
+            raise MediaError(path, f"unknown modality {modality!r}; choose from {', '.join(MODALITIES)}")
+        check_file(path)
+    if path.suffix.lower() == ".npy":
+        arr = load_array(path)
+        if tuple(arr.shape) == INPUT_SHAPE[modality]:
+            return MediaInput(str(path), modality, torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)))
+        if modality not in ("depth", "thermal", "imu"):
+            raise MediaError(path, f"a {modality} array must have shape {INPUT_SHAPE[modality]}, got {tuple(arr.shape)}")
+    loaders = {
+        "image": lambda: load_image(path, config.image_size),
+        "video": lambda: load_video(path, config.video),
+        "audio": lambda: load_audio(path, config.audio),
+        "depth": lambda: load_depth(path, config.image_size, config.depth_scale),
+        "thermal": lambda: load_thermal(path, config.image_size),
+        "imu": lambda: load_imu(path),
+    }
+    return MediaInput(str(path), modality, loaders[modality]())
+
+
+__all__ = ["MediaConfig", "MediaInput", "detect_modality", "load_media"]

@@ -1,0 +1,114 @@
+"""Which modality a file holds: by extension, confirmed or refined by its content.
+
+The extension gives a family; the first bytes must agree with it, so a renamed file is
+reported as mislabelled instead of failing deep inside a decoder. Containers that can
+hold either audio or video (mp4, webm, mkv, ogg, mov) are opened to see which streams
+they carry, and arrays (.npy) are told apart by shape.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modaverse.errors import MediaError
+
+IMAGE_EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+VIDEO_EXT = {".mp4", ".webm", ".mkv", ".mov", ".avi"}
+AUDIO_EXT = {".wav", ".flac", ".mp3", ".ogg", ".m4a"}
+ARRAY_EXT = {".npy", ".csv"}
+SUPPORTED = sorted(IMAGE_EXT | VIDEO_EXT | AUDIO_EXT | ARRAY_EXT)
+
+
+def content_kind(head: bytes) -> str | None:
+    """Names the format from a file's first bytes, or None when unknown."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    if head.startswith(b"BM"):
+        return "bmp"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "webp"
+    if head.startswith(b"RIFF") and head[8:12] == b"WAVE":
+        return "wav"
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "avi"
+    if head.startswith(b"fLaC"):
+        return "flac"
+    if head.startswith(b"OggS"):
+        return "ogg"
+    if head.startswith(b"ID3") or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
+        return "mp3"
+    if head[4:8] == b"ftyp":
+        return "isobmff"  # mp4, m4a, mov
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "matroska"  # mkv, webm
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    return None
+
+
+#: Which content kinds each extension family may hold.
+FAMILY_KINDS = {
+    "image": {"png", "jpeg", "gif", "bmp", "webp"},
+    "audio": {"wav", "flac", "ogg", "mp3", "isobmff", "matroska"},
+    "video": {"isobmff", "matroska", "avi", "ogg"},
+    "npy": {"npy"},
+}
+
+
+def family_of(ext: str) -> str:
+    if ext in IMAGE_EXT:
+        return "image"
+    if ext in VIDEO_EXT:
+        return "video"
+    if ext in AUDIO_EXT:
+        return "audio"
+    if ext == ".npy":
+        return "npy"
+    if ext == ".csv":
+        return "csv"
+    raise ValueError(f"unsupported extension {ext or '(none)'!r}; supported: {' '.join(SUPPORTED)}")
+
+
+def check_file(path: Path) -> tuple[str, str | None]:
+    """Fails with a named reason for missing, empty or mislabelled files; returns (family, kind)."""
+    if not path.exists():
+        raise MediaError(path, "no such file")
+    if path.is_dir():
+        raise MediaError(path, "is a directory, not a media file")
+    try:
+        family = family_of(path.suffix.lower())
+    except ValueError as e:
+        raise MediaError(path, str(e)) from None
+    with open(path, "rb") as f:
+        head = f.read(32)
+    if not head:
+        raise MediaError(path, "file is empty")
+    kind = content_kind(head)
+    if family in FAMILY_KINDS and kind not in FAMILY_KINDS[family]:
+        what = f"{kind} data" if kind else "not a recognisable file of that type"
+        raise MediaError(path, f"mislabelled: the extension says {family} but the content is {what}")
+    return family, kind
+
+
+def container_modality(path: Path) -> str:
+    """'video' if the container has a real video stream, else 'audio' if it has sound."""
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            has_video = any(
+                s.frames != 1 and not (s.disposition & av.stream.Disposition.attached_pic)
+                for s in c.streams.video
+            )
+            has_audio = bool(c.streams.audio)
+    except Exception as e:  # av raises many types for truncated/garbage files
+        raise MediaError(path, f"cannot open container ({type(e).__name__}: {e})") from None
+    if has_video:
+        return "video"
+    if has_audio:
+        return "audio"
+    raise MediaError(path, "container holds neither a video nor an audio stream")
