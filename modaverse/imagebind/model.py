@@ -331,4 +331,5 @@ class ImageBind(nn.Module):
 def tower_prefixes(towers: Iterable[str]) -> tuple[str, ...]:
     """State-dict prefixes that belong to the given towers."""
     groups = ("modality_preprocessors", "modality_trunks", "modality_heads", "modality_postprocessors")
+    towers = tuple(towers)
     return tuple(f"{g}.{t}." for g in groups for t in towers)

@@ -159,7 +159,8 @@ def kaldi_fbank(samples: np.ndarray, sample_rate: int, num_mel_bins: int) -> np.
 
 def audio_to_input(waveform: torch.Tensor, sample_rate: int, spec: AudioSpec, path: str = "<audio>") -> torch.Tensor:
     """Turns a [channels, n] waveform at ``sample_rate`` into the tower's [clips, 1, mel, frames]."""
-    waveform = resample(waveform.to(torch.float32), sample_rate, spec.sample_rate)
+    # Own copy: the in-place mean removal below must not write into the caller's tensor.
+    waveform = resample(waveform.to(torch.float32), sample_rate, spec.sample_rate).clone()
     n = waveform.shape[1]
     if n < 400:
         raise MediaError(path, f"audio too short ({n / spec.sample_rate * 1000:.1f} ms; need at least 25 ms)")

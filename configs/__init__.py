@@ -1,0 +1,1 @@
+"""Packaged configs (installed as ``modaverse.configs``); see ``modaverse configs``."""

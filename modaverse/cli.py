@@ -1,0 +1,195 @@
+"""The ``modaverse`` console script: one subcommand per plain function (litgpt style).
+
+Heavy imports (torch, transformers) happen inside the commands, so ``--help`` is instant.
+User errors (:class:`~modaverse.errors.ModaverseError`) print one line and exit 2; no
+traceback is shown for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from modaverse.errors import ConfigError, ModaverseError
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", default=None,
+                   help="packaged config name (see `modaverse configs`) or YAML path; default: tiny")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set encoder.device=cpu (repeatable)")
+
+
+def _config(args: argparse.Namespace):
+    from modaverse.config import load_config
+
+    return load_config(args.config or "tiny", args.overrides)
+
+
+def _read_encoder_json(path: str):
+    from pydantic import ValidationError
+
+    from modaverse.imagebind.config import ImageBindConfig
+
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: invalid JSON ({e})") from None
+    if isinstance(raw, dict) and isinstance(raw.get("model_kwargs"), dict):
+        raw = raw["model_kwargs"]  # fixture-style file: kwargs nested with provenance
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a JSON object of ImageBindModel keyword arguments")
+    try:
+        return ImageBindConfig(**raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        msg = "unknown ImageBindModel argument" if err["type"] == "extra_forbidden" else err["msg"]
+        raise ConfigError(f"{path}: {'.'.join(map(str, err['loc']))}: {msg}") from None
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """Embed media files with ImageBind into OUT.safetensors."""
+    from tqdm.auto import tqdm
+
+    from modaverse.media.sniff import check_file
+
+    out = Path(args.output)
+    if out.suffix != ".safetensors":
+        raise ModaverseError(f"{out}: the output must be a .safetensors file")
+    if args.encoder_config and args.config:
+        raise ModaverseError("--config and --encoder-config are alternatives; give one")
+    if args.encoder_config and not args.weights:
+        raise ModaverseError("--encoder-config needs --weights (the checkpoint those kwargs describe)")
+    for f in args.files:  # cheap checks first: fail before any model is built
+        check_file(Path(f))
+
+    from modaverse.encoder import DTYPES, Encoder, build_imagebind, pick_device
+    from modaverse.imagebind.checkpoint import resolve_weights
+    from modaverse.media import MediaConfig
+
+    if args.encoder_config:
+        ib_config = _read_encoder_json(args.encoder_config)
+        model = build_imagebind(ib_config, resolve_weights(args.weights))
+        encoder = Encoder(model, MediaConfig(), device=pick_device(args.device or "auto"),
+                          dtype=DTYPES["float32"], batch_size=args.batch_size or 8)
+        arch = "custom"
+    else:
+        overrides = list(args.overrides)
+        if args.weights:
+            overrides.append(f"encoder.weights={Path(args.weights).resolve()}")
+        if args.device:
+            overrides.append(f"encoder.device={args.device}")
+        if args.batch_size:
+            overrides.append(f"encoder.batch_size={args.batch_size}")
+        args.overrides = overrides
+        config = _config(args)
+        encoder = Encoder.from_config(config.encoder, config.media)
+        arch = config.encoder.arch
+
+    with tqdm(total=len(args.files), unit="file", desc="embed", disable=len(args.files) < 2,
+              file=sys.stderr) as bar:
+        emb, mods = encoder.embed(args.files, args.modality, on_progress=bar.update)
+    from modaverse import embfile
+
+    embfile.write(out, emb, [str(f) for f in args.files], mods, arch)
+    counts = ", ".join(f"{m}: {mods.count(m)}" for m in dict.fromkeys(mods))
+    print(f"embedded {len(mods)} file(s) ({counts}) -> {out} [{emb.shape[0]} x {emb.shape[1]}]")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Summarise an embeddings file written by `modaverse embed`."""
+    from modaverse import embfile
+
+    for path in args.files:
+        if not Path(path).is_file():
+            raise ModaverseError(f"{path}: no such file")
+        try:
+            print(embfile.describe(path))
+        except Exception as e:  # safetensors raises its own error types for bad headers
+            raise ModaverseError(f"{path}: not an embeddings file ({e})") from None
+    return 0
+
+
+def cmd_configs(args: argparse.Namespace) -> int:
+    """List packaged configs, or print one fully resolved."""
+    from modaverse.config import list_configs
+
+    if args.config is None and not args.overrides:
+        for name in list_configs():
+            print(name)
+        return 0
+    import yaml
+
+    print(yaml.safe_dump(_config(args).model_dump(mode="json"), sort_keys=False).rstrip())
+    return 0
+
+
+def cmd_archs(args: argparse.Namespace) -> int:
+    """List ImageBind architectures (what `encoder.arch` accepts)."""
+    from modaverse.imagebind.config import ImageBindConfig, list_archs
+
+    for name in list_archs():
+        c = ImageBindConfig.from_name(name)
+        print(f"{name}\tvision {c.vision_embed_dim}x{c.vision_num_blocks}\tout {c.out_embed_dim}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modaverse",
+        description="Any-to-any multimodal assistant: ImageBind inputs, LLM meta-responses, text-to-x outputs.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("embed", help="embed media files with ImageBind",
+                       description="Embed image/video/audio/depth/thermal/IMU files with ImageBind. "
+                       "Writes the tensor `embeddings` [N, D] in input order; metadata lists each "
+                       "file's modality. Embeddings are upstream's: L2-normalised, with each tower's "
+                       "logit scale applied (x20 for audio).")
+    p.add_argument("files", nargs="+", metavar="FILE", help="media files; modality from extension and content")
+    _add_config_args(p)
+    p.add_argument("--encoder-config", metavar="JSON",
+                   help="JSON of upstream ImageBindModel kwargs, instead of --config (needs --weights)")
+    p.add_argument("--weights", metavar="W", help="checkpoint (.pth or .safetensors) to load")
+    p.add_argument("--modality", choices=["image", "video", "audio", "depth", "thermal", "imu"],
+                   help="force the modality of every FILE (e.g. for .npy maps)")
+    p.add_argument("--output", "-o", required=True, metavar="OUT.safetensors", help="where to write")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: from config)")
+    p.add_argument("--batch-size", type=int, help="files per forward pass (default: from config)")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("inspect", help="summarise an embeddings file",
+                       description="Print each embedded file's modality and norm, and their cosine similarities.")
+    p.add_argument("files", nargs="+", metavar="OUT.safetensors")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("configs", help="list packaged configs, or print one resolved",
+                       description="Without --config: list packaged configs. With --config/--set: "
+                       "print the validated config with every default filled in.")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_configs)
+
+    p = sub.add_parser("archs", help="list ImageBind architectures")
+    p.set_defaults(func=cmd_archs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ModaverseError as e:
+        print(f"modaverse: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("modaverse: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""YAML configs validated into pydantic models, with ``--set a.b=c`` overrides.
+
+A config names every component (encoder, adaptors, LLM, zoo) the way torchtune recipes
+do; unknown keys and wrong types are errors that name the file and the dotted key, so a
+typo never silently falls back to a default. Configs shipped with the package
+(``configs/*.yaml``) are addressed by name (``--config tiny``); any other value is a path.
+Relative paths inside a YAML file are resolved against that file's folder, never the
+working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from modaverse.errors import ConfigError
+from modaverse.imagebind.config import ImageBindConfig, list_archs
+from modaverse.media import MediaConfig
+from modaverse.modality import MODALITIES, Modality
+
+DType = Literal["float32", "float16", "bfloat16"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EncoderConfig(_Strict):
+    """The ImageBind encoder (``encoder:``)."""
+
+    arch: str = Field("imagebind_huge", description="named architecture; see `modaverse models`")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="overrides of upstream ImageBindModel kwargs")
+    modalities: list[Modality] = Field(default_factory=lambda: list(MODALITIES), description="towers to build")
+    weights: str | None = Field(None, description="local .pth/.safetensors, or a URL; null = random init from seed")
+    weights_url: str | None = Field(None, description="downloaded to `weights` when that file is missing")
+    sha256: str | None = Field(None, description="expected sha256 of the weights file")
+    seed: int = Field(0, description="seed for random init when no weights are given")
+    device: str = Field("auto", description="cpu, cuda, cuda:N or auto")
+    dtype: DType = "float32"
+    batch_size: int = Field(8, ge=1, description="files per forward pass")
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        if v not in list_archs():
+            raise ValueError(f"unknown architecture {v!r}; known: {', '.join(list_archs())}")
+        return v
+
+    def imagebind_config(self) -> ImageBindConfig:
+        from modaverse.modality import TOWER
+
+        towers = tuple(dict.fromkeys(TOWER[m] for m in self.modalities))
+        return ImageBindConfig.from_name(self.arch, **self.kwargs, towers=towers)
+
+
+class AdaptorConfig(_Strict):
+    """Projection of ImageBind embeddings into the LLM (``adaptor:``)."""
+
+    projector: str = Field("linear", description="linear, or mlpNx_gelu (LLaVA-style config string)")
+    shared: bool = Field(False, description="one projection for all modalities (PandaGPT / official ModaVerse)")
+    tokens_per_input: int = Field(1, ge=1, description="soft tokens each input becomes")
+
+    @field_validator("projector")
+    @classmethod
+    def _known_projector(cls, v: str) -> str:
+        if not re.fullmatch(r"linear|mlp[1-9]\d*x_gelu", v):
+            raise ValueError(f"unknown projector {v!r}; use 'linear' or 'mlp<N>x_gelu' (e.g. mlp2x_gelu)")
+        return v
+
+
+class LoraConfig(_Strict):
+    r: int = Field(32, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    targets: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+class LLMConfig(_Strict):
+    """The language model (``llm:``); either a checkpoint or an architecture built from config."""
+
+    model: str | None = Field(None, description="HF hub id or local path (from_pretrained)")
+    arch: dict[str, Any] | None = Field(None, description="LlamaConfig kwargs, to build a random model (tiny profile)")
+    seed: int = 0
+    dtype: DType = "float32"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+
+class GeneratorConfig(_Strict):
+    """One zoo entry (``zoo.<capability>:``)."""
+
+    plugin: str = Field(description="registered plug-in name")
+    model: str | None = Field(None, description="hub id or local folder (from_pretrained)")
+    dtype: DType = "float16"
+    device: str = "auto"
+    scheduler: str | None = None
+    defaults: dict[str, Any] = Field(default_factory=dict, description="default render parameters")
+
+
+class Config(_Strict):
+    name: str = "custom"
+    seed: int = 0
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    media: MediaConfig = Field(default_factory=MediaConfig)
+    adaptor: AdaptorConfig = Field(default_factory=AdaptorConfig)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    zoo: dict[str, GeneratorConfig] = Field(default_factory=dict)
+
+
+#: Dotted keys holding file paths, resolved against the YAML file's folder.
+PATH_KEYS = ("encoder.weights", "llm.model")
+
+
+def list_configs() -> list[str]:
+    root = resources.files("modaverse.configs")
+    return sorted(p.name.removesuffix(".yaml") for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def _locate(name_or_path: str | os.PathLike) -> Path:
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    if isinstance(name_or_path, str) and "/" not in name_or_path and not path.suffix:
+        packaged = resources.files("modaverse.configs") / f"{name_or_path}.yaml"
+        if packaged.is_file():
+            return Path(str(packaged))
+    raise ConfigError(f"{name_or_path}: no such config file or packaged config (packaged: {', '.join(list_configs())})")
+
+
+def _resolve_paths(raw: dict, base: Path) -> None:
+    for key in PATH_KEYS:
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or not isinstance(node.get(leaf), str):
+            continue
+        value = node[leaf]
+        if "://" in value or value.startswith("~"):
+            node[leaf] = os.path.expanduser(value)
+            continue
+        if value.startswith((".", "/")) or (base / value).exists():
+            node[leaf] = str((base / value).resolve())
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. encoder.device=cpu")
+    key, _, value = item.partition("=")
+    try:
+        parsed = yaml.safe_load(value) if value else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip().split("."), parsed
+
+
+def _apply(raw: dict, keys: list[str], value: Any, item: str) -> None:
+    node = raw
+    for k in keys[:-1]:
+        nxt = node.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {item}: {k} is not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def _describe(err: ValidationError, origin: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{origin}: {key}: {msg}{more}"
+
+
+def load_config(name_or_path: str | os.PathLike = "tiny", overrides: list[str] = ()) -> Config:
+    """Reads a YAML config (name or path), applies ``KEY=VALUE`` overrides, validates."""
+    path = _locate(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    _resolve_paths(raw, path.parent)
+    try:
+        Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, str(path))) from None
+    for item in overrides:
+        keys, value = parse_override(item)
+        _apply(raw, keys, value, item)
+        try:
+            Config.model_validate(raw)
+        except ValidationError as e:
+            raise ConfigError(_describe(e, f"--set {item}")) from None
+    return Config.model_validate(raw)

@@ -1,0 +1,42 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["MODAVERSE_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+IB = FIXTURES / "imagebind"
+
+
+@pytest.fixture(scope="session")
+def expected():
+    from safetensors.torch import load_file
+
+    return load_file(str(IB / "expected.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def fixture_model():
+    """The reference ImageBind with its weights, loaded through the project's own loader."""
+    import json
+
+    from modaverse.encoder import build_imagebind
+    from modaverse.imagebind.config import ImageBindConfig
+
+    kwargs = json.loads((IB / "config.json").read_text())["model_kwargs"]
+    return build_imagebind(ImageBindConfig(**kwargs), IB / "weights.safetensors")
+
+
+def run_cli(*args, cwd=None, env=None, timeout=300):
+    """Runs the real console script in a subprocess (as a user would)."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    exe = Path(sys.executable).parent / "modaverse"
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=full_env, timeout=timeout)
