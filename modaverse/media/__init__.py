@@ -46,14 +46,14 @@ class MediaInput:
 def _npy_modality(path: Path) -> str:
     shape = tuple(load_array(path).shape)
     matches = [m for m in MODALITIES if INPUT_SHAPE[m] == shape]
-    if shape in ((224, 224),):
-        matches = ["depth", "thermal"]
+    if not matches and len(shape) == 2 and 6 in shape:
+        matches = ["imu"]
+    elif not matches and (len(shape) == 2 or (len(shape) == 3 and shape[0] == 1)):
+        matches = ["depth", "thermal"]  # a single-channel map of another size
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
         raise MediaError(path, f"shape {shape} fits {' and '.join(matches)}; pass --modality to choose")
-    if len(shape) == 2 and 6 in shape:
-        return "imu"
     raise MediaError(path, f"cannot tell the modality of an array of shape {shape}; pass --modality")
 
 
@@ -81,9 +81,9 @@ def detect_modality(path: str | Path) -> str:
     return family
 
 
-def load_media(path: str | Path, modality: str | None = None, config: MediaConfig = MediaConfig()) -> MediaInput:
+def load_media(path: str | Path, modality: str | None = None, config: MediaConfig | None = None) -> MediaInput:
     """Loads and preprocesses one file; ``modality`` overrides detection."""
-    path = Path(path)
+    path, config = Path(path), config or MediaConfig()
     if modality is None:
         modality = detect_modality(path)
     else:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from modaverse.errors import MediaError
 from modaverse.media.clips import clip_timepoints
+from modaverse.media.sniff import check_complete, declared_seconds
 
 KALDI_EPS = float(np.finfo(np.float32).eps)
 
@@ -42,12 +43,18 @@ class AudioSpec(BaseModel):
 def decode_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """Returns float32 samples [channels, n] in [-1, 1] and the file's sample rate.
 
-    libsndfile (wav/flac/ogg/mp3) is tried first: for PCM it yields exactly int/2^15 like
-    upstream's decoder. Containers it cannot read (m4a/aac, webm, mp4) go through FFmpeg.
+    libsndfile (wav/flac/ogg) is tried first: for PCM it yields exactly int/2^15 like
+    upstream's decoder. Everything else (mp3, m4a/aac, webm, mp4) goes through FFmpeg,
+    which also reports truncation instead of printing warnings of its own.
     """
     import soundfile as sf
 
+    suffix = Path(path).suffix.lower()
+    if suffix == ".wav":
+        _check_wav_length(Path(path))
     try:
+        if suffix not in (".wav", ".flac", ".ogg"):
+            raise ValueError("not a libsndfile format")
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
         samples = np.ascontiguousarray(data.T)
     except Exception:
@@ -55,6 +62,26 @@ def decode_audio(path: str | Path) -> tuple[np.ndarray, int]:
     if samples.shape[1] == 0:
         raise MediaError(path, "audio stream holds no samples")
     return samples, int(sr)
+
+
+def _check_wav_length(path: Path) -> None:
+    """libsndfile quietly shortens a truncated WAV; compare the declared data size instead."""
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if f.read(12)[8:12] != b"WAVE":
+            return
+        while header := f.read(8):
+            if len(header) < 8:
+                break
+            chunk, length = header[:4], struct.unpack("<I", header[4:])[0]
+            if chunk == b"data":
+                have = size - f.tell()
+                if length != 0xFFFFFFFF and length > have:
+                    raise MediaError(path, f"truncated: the header declares {length} bytes of audio, the file holds {have}")
+                return
+            f.seek(length + (length & 1), 1)
 
 
 def _decode_with_av(path: str | Path) -> tuple[np.ndarray, int]:
@@ -73,13 +100,16 @@ def _decode_with_av(path: str | Path) -> tuple[np.ndarray, int]:
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray())
             rate = stream.rate
+            declared = declared_seconds(container, stream)
     except MediaError:
         raise
     except Exception as e:  # av raises many types for truncated/garbage files
         raise MediaError(path, f"cannot decode audio ({type(e).__name__}: {e})") from None
     if not chunks:
         raise MediaError(path, "audio stream holds no samples")
-    return np.concatenate(chunks, axis=1).astype(np.float32), int(rate)
+    samples = np.concatenate(chunks, axis=1).astype(np.float32)
+    check_complete(path, declared, samples.shape[1] / rate)
+    return samples, int(rate)
 
 
 @lru_cache(maxsize=16)

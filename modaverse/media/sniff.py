@@ -112,3 +112,18 @@ def container_modality(path: Path) -> str:
     if has_audio:
         return "audio"
     raise MediaError(path, "container holds neither a video nor an audio stream")
+
+
+def declared_seconds(container, stream) -> float | None:
+    """The duration a file's header promises (stream first, then container), if any."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / 1_000_000  # AV_TIME_BASE
+    return None
+
+
+def check_complete(path: Path, declared: float | None, decoded: float, slack: float = 0.9) -> None:
+    """Refuses a stream that decodes to much less than its header promised (a cut download)."""
+    if declared and decoded < slack * declared:
+        raise MediaError(path, f"truncated: decodes to {decoded:.2f} s but the header says {declared:.2f} s")

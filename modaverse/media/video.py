@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from modaverse.errors import MediaError
 from modaverse.media.clips import clip_timepoints
 from modaverse.media.image import normalize
+from modaverse.media.sniff import check_complete, declared_seconds
 
 
 class VideoSpec(BaseModel):
@@ -60,6 +61,7 @@ def decode_frames(path: str | Path, spec: VideoSpec) -> tuple[np.ndarray, list[l
             num_frames = stream.frames or sum(1 for p in container.demux(stream) if p.size)
             if num_frames <= 0 or fps <= 0:
                 raise MediaError(path, "video stream reports no frames or no frame rate")
+            check_complete(path, declared_seconds(container, stream), num_frames / fps)
             indices = select_frames(num_frames, fps, spec)
             wanted = {i for clip in indices for i in clip}
             container.seek(0)
