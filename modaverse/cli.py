@@ -90,8 +90,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
         encoder = Encoder.from_config(config.encoder, config.media)
         arch = config.encoder.arch
 
-    with tqdm(total=len(args.files), unit="file", desc="embed", disable=len(args.files) < 2,
-              file=sys.stderr) as bar:
+    # disable=None: a bar on a terminal, nothing in logs and pipes (where it would only add noise).
+    with tqdm(total=len(args.files), unit="file", desc="embed", disable=None if len(args.files) > 1 else True,
+              file=sys.stderr, leave=False) as bar:
         emb, mods = encoder.embed(args.files, args.modality, on_progress=bar.update)
     from modaverse import embfile
 

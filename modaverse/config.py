@@ -161,10 +161,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 def _apply(raw: dict, keys: list[str], value: Any, item: str) -> None:
     node = raw
-    for k in keys[:-1]:
+    for depth, k in enumerate(keys[:-1]):
         nxt = node.setdefault(k, {})
         if not isinstance(nxt, dict):
-            raise ConfigError(f"--set {item}: {k} is not a section")
+            raise ConfigError(f"--set {item}: {'.'.join(keys[: depth + 1])} is not a section")
         node = nxt
     node[keys[-1]] = value
 

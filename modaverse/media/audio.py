@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from modaverse.errors import MediaError
 from modaverse.media.clips import clip_timepoints
-from modaverse.media.sniff import check_complete, declared_seconds
+from modaverse.media.sniff import av_reason, check_complete, declared_seconds
 
 KALDI_EPS = float(np.finfo(np.float32).eps)
 
@@ -104,7 +104,7 @@ def _decode_with_av(path: str | Path) -> tuple[np.ndarray, int]:
     except MediaError:
         raise
     except Exception as e:  # av raises many types for truncated/garbage files
-        raise MediaError(path, f"cannot decode audio ({type(e).__name__}: {e})") from None
+        raise MediaError(path, f"cannot decode audio ({av_reason(e)})") from None
     if not chunks:
         raise MediaError(path, "audio stream holds no samples")
     samples = np.concatenate(chunks, axis=1).astype(np.float32)

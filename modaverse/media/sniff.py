@@ -94,6 +94,11 @@ def check_file(path: Path) -> tuple[str, str | None]:
     return family, kind
 
 
+def av_reason(e: Exception) -> str:
+    """FFmpeg's own words for a failure, without the path PyAV repeats after them."""
+    return getattr(e, "strerror", None) or f"{type(e).__name__}: {e}"
+
+
 def container_modality(path: Path) -> str:
     """'video' if the container has a real video stream, else 'audio' if it has sound."""
     import av
@@ -106,7 +111,7 @@ def container_modality(path: Path) -> str:
             )
             has_audio = bool(c.streams.audio)
     except Exception as e:  # av raises many types for truncated/garbage files
-        raise MediaError(path, f"cannot open container ({type(e).__name__}: {e})") from None
+        raise MediaError(path, f"cannot open container ({av_reason(e)})") from None
     if has_video:
         return "video"
     if has_audio:

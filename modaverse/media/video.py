@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from modaverse.errors import MediaError
 from modaverse.media.clips import clip_timepoints
 from modaverse.media.image import normalize
-from modaverse.media.sniff import check_complete, declared_seconds
+from modaverse.media.sniff import av_reason, check_complete, declared_seconds
 
 
 class VideoSpec(BaseModel):
@@ -76,7 +76,7 @@ def decode_frames(path: str | Path, spec: VideoSpec) -> tuple[np.ndarray, list[l
     except MediaError:
         raise
     except Exception as e:  # av raises many types for truncated/garbage files
-        raise MediaError(path, f"cannot decode video ({type(e).__name__}: {e})") from None
+        raise MediaError(path, f"cannot decode video ({av_reason(e)})") from None
     if len(kept) < len(wanted):
         raise MediaError(
             path, f"only {decoded} of {num_frames} frames could be decoded (truncated file?)"

@@ -1,0 +1,161 @@
+"""The console script, run as a user would: real subprocesses, real files."""
+
+import numpy as np
+import pytest
+import torch
+
+from modaverse import embfile
+
+from . import media_factory as mf
+from .conftest import IB, run_cli
+
+REF = ["--encoder-config", IB / "config.json", "--weights", IB / "weights.safetensors"]
+
+
+def _one_line_error(result, *needles):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for n in needles:
+        assert str(n) in lines[0], lines[0]
+
+
+def test_help_lists_commands():
+    r = run_cli("--help")
+    assert r.returncode == 0 and "embed" in r.stdout
+    r = run_cli("embed", "--help")
+    assert r.returncode == 0 and "--encoder-config" in r.stdout and "--modality" in r.stdout
+
+
+def test_embed_reproduces_upstream_embeddings(tmp_path, expected):
+    out = tmp_path / "out" / "emb.safetensors"
+    files = [IB / "image_a.png", IB / "audio_16k.wav", IB / "video.mp4", IB / "image_b.jpg", IB / "imu.npy"]
+    r = run_cli("embed", *files, *REF, "--output", out, "--batch-size", "2")
+    assert r.returncode == 0, r.stderr
+    assert "embedded 5 file(s)" in r.stdout
+    emb, names, mods, meta = embfile.read(out)
+    assert names == [str(f) for f in files]
+    assert mods == ["image", "audio", "video", "image", "imu"]
+    ref = torch.cat([expected["vision.embedding"][:1], expected["audio16.embedding"], expected["video.embedding"],
+                     expected["vision.embedding"][1:], expected["imu.embedding"]])
+    torch.testing.assert_close(emb, ref, atol=1e-4, rtol=0)  # 1e-5 x largest magnitude (audio ~8)
+
+
+def test_progress_bar_on_a_terminal(tmp_path):
+    """Progress shows on a real pseudo-terminal (and stays out of pipes and logs)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+    from pathlib import Path
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    files = [mf.image(tmp_path / f"{i}.png") for i in range(3)]
+    exe = Path(sys.executable).parent / "modaverse"
+    proc = subprocess.Popen([exe, "embed", *files, "--output", tmp_path / "e.safetensors"],
+                            stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    out, _ = proc.communicate(timeout=120)
+    os.close(master)
+    assert proc.returncode == 0
+    assert b"embed:" in b"".join(chunks) and b"/3 [" in b"".join(chunks)
+    r = run_cli("embed", *files, "--output", tmp_path / "e.safetensors")
+    assert r.stderr == ""  # piped: no bar
+
+
+def test_embed_with_config_and_modality(tmp_path, expected):
+    out = tmp_path / "d.safetensors"
+    r = run_cli("embed", IB / "depth.npy", IB / "thermal.npy", "--config", "tiny", "--modality", "depth",
+                "--weights", IB / "weights.safetensors", "--output", out)
+    assert r.returncode == 0, r.stderr
+    emb, _, mods, _ = embfile.read(out)
+    assert mods == ["depth", "depth"]
+    torch.testing.assert_close(emb[:1], expected["depth.embedding"], atol=1e-5, rtol=0)
+    r = run_cli("inspect", out)
+    assert r.returncode == 0 and "depth" in r.stdout and "cosine similarity" in r.stdout
+
+
+def test_tiny_profile_runs_without_weights(tmp_path):
+    out = tmp_path / "e.safetensors"
+    r = run_cli("embed", mf.image(tmp_path / "a.png"), mf.audio(tmp_path / "a.flac"), "--output", out)
+    assert r.returncode == 0, r.stderr
+    assert embfile.read(out)[0].shape == (2, 32)
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "truncated", "mislabelled", "unsupported"])
+def test_bad_files_fail_in_one_line_and_keep_earlier_output(tmp_path, case):
+    out = tmp_path / "emb.safetensors"
+    assert run_cli("embed", IB / "image_a.png", "--output", out).returncode == 0
+    before = out.read_bytes()
+    bad = {
+        "missing": tmp_path / "gone.wav",
+        "empty": tmp_path / "empty.png",
+        "truncated": mf.truncate(mf.video(tmp_path / "v.mp4"), tmp_path / "cut.mp4", 0.5),
+        "mislabelled": tmp_path / "sound.jpg",
+        "unsupported": tmp_path / "notes.docx",
+    }[case]
+    if case == "empty":
+        bad.write_bytes(b"")
+    elif case == "mislabelled":
+        bad.write_bytes(mf.audio(tmp_path / "a.wav").read_bytes())
+    elif case == "unsupported":
+        bad.write_bytes(b"PK")
+    r = run_cli("embed", IB / "image_a.png", bad, "--output", out)
+    reason = {"missing": "no such file", "empty": "file is empty", "truncated": "",
+              "mislabelled": "mislabelled", "unsupported": "unsupported extension"}[case]
+    _one_line_error(r, bad, reason)
+    assert out.read_bytes() == before  # nothing already written is lost
+
+
+def test_weights_that_do_not_match_list_keys(tmp_path):
+    r = run_cli("embed", IB / "image_a.png", "--config", "tiny", "--set", "encoder.kwargs.out_embed_dim=16",
+                "--weights", IB / "weights.safetensors", "--output", tmp_path / "e.safetensors")
+    _one_line_error(r, "weights do not match the encoder config", "shape mismatch", "modality_heads.audio.2.weight")
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(IB / "weights.safetensors"))
+    sd.pop("modality_trunks.imu.blocks.0.norm_1.bias")
+    save_file(sd, str(tmp_path / "w.safetensors"))
+    r = run_cli("embed", IB / "image_a.png", "--encoder-config", IB / "config.json",
+                "--weights", tmp_path / "w.safetensors", "--output", tmp_path / "e.safetensors")
+    _one_line_error(r, "missing keys: modality_trunks.imu.blocks.0.norm_1.bias")
+
+
+def test_config_and_argument_errors(tmp_path):
+    out = ["--output", tmp_path / "e.safetensors"]
+    _one_line_error(run_cli("embed", IB / "image_a.png", "--set", "encoder.batchsize=2", *out),
+                    "encoder.batchsize: unknown key")
+    _one_line_error(run_cli("embed", IB / "image_a.png", "--config", tmp_path / "no.yaml", *out), "no such config")
+    _one_line_error(run_cli("embed", IB / "image_a.png", "--output", tmp_path / "e.npy"), "must be a .safetensors")
+    _one_line_error(run_cli("embed", IB / "depth.npy", *out), "fits depth and thermal")
+    bad = tmp_path / "enc.json"
+    bad.write_text('{"vision_embed_dims": 64}')
+    _one_line_error(run_cli("embed", IB / "image_a.png", "--encoder-config", bad, "--weights", IB / "weights.safetensors", *out),
+                    "vision_embed_dims: unknown ImageBindModel argument")
+    _one_line_error(run_cli("embed", IB / "image_a.png", "--encoder-config", IB / "config.json", *out), "needs --weights")
+    _one_line_error(run_cli("embed", IB / "image_a.png", "--set", "encoder.modalities=[audio]", *out),
+                    "built without the image tower")
+    np.save(tmp_path / "x.npy", np.zeros((2, 3, 4), np.float32))
+    _one_line_error(run_cli("embed", tmp_path / "x.npy", *out), "cannot tell the modality")
+
+
+def test_configs_and_archs_commands():
+    r = run_cli("configs")
+    assert r.returncode == 0 and "tiny" in r.stdout.split() and "modaverse-7b" in r.stdout.split()
+    r = run_cli("configs", "--config", "tiny", "--set", "encoder.batch_size=5")
+    assert r.returncode == 0 and "batch_size: 5" in r.stdout
+    r = run_cli("archs")
+    assert r.returncode == 0 and "imagebind_huge" in r.stdout
