@@ -118,8 +118,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_configs(args: argparse.Namespace) -> int:
     """List packaged configs, or print one fully resolved."""
-    from modaverse.config import list_configs
+    from modaverse.config import describe_keys, list_configs
 
+    if args.keys:
+        print("| key | type | default | meaning |\n|---|---|---|---|")
+        for key, typ, default, desc in describe_keys():
+            print(f"| `{key}` | {typ} | `{default}` | {desc} |")
+        return 0
     if args.config is None and not args.overrides:
         for name in list_configs():
             print(name)
@@ -173,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Without --config: list packaged configs. With --config/--set: "
                        "print the validated config with every default filled in.")
     _add_config_args(p)
+    p.add_argument("--keys", action="store_true", help="print every config key with type, default and meaning")
     p.set_defaults(func=cmd_configs)
 
     p = sub.add_parser("archs", help="list ImageBind architectures")

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 import re
+import types
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -34,7 +35,7 @@ class _Strict(BaseModel):
 class EncoderConfig(_Strict):
     """The ImageBind encoder (``encoder:``)."""
 
-    arch: str = Field("imagebind_huge", description="named architecture; see `modaverse models`")
+    arch: str = Field("imagebind_huge", description="named architecture; see `modaverse archs`")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="overrides of upstream ImageBindModel kwargs")
     modalities: list[Modality] = Field(default_factory=lambda: list(MODALITIES), description="towers to build")
     weights: str | None = Field(None, description="local .pth/.safetensors, or a URL; null = random init from seed")
@@ -42,7 +43,7 @@ class EncoderConfig(_Strict):
     sha256: str | None = Field(None, description="expected sha256 of the weights file")
     seed: int = Field(0, description="seed for random init when no weights are given")
     device: str = Field("auto", description="cpu, cuda, cuda:N or auto")
-    dtype: DType = "float32"
+    dtype: DType = Field("float32", description="compute dtype of the encoder")
     batch_size: int = Field(8, ge=1, description="files per forward pass")
 
     @field_validator("arch")
@@ -75,10 +76,11 @@ class AdaptorConfig(_Strict):
 
 
 class LoraConfig(_Strict):
-    r: int = Field(32, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    targets: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    r: int = Field(32, ge=1, description="LoRA rank")
+    alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the LoRA branch")
+    targets: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+                               description="module names that get LoRA adapters")
 
 
 class LLMConfig(_Strict):
@@ -86,8 +88,8 @@ class LLMConfig(_Strict):
 
     model: str | None = Field(None, description="HF hub id or local path (from_pretrained)")
     arch: dict[str, Any] | None = Field(None, description="LlamaConfig kwargs, to build a random model (tiny profile)")
-    seed: int = 0
-    dtype: DType = "float32"
+    seed: int = Field(0, description="seed for building `arch` with random weights")
+    dtype: DType = Field("float32", description="dtype the LLM is loaded in")
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
 
@@ -96,15 +98,15 @@ class GeneratorConfig(_Strict):
 
     plugin: str = Field(description="registered plug-in name")
     model: str | None = Field(None, description="hub id or local folder (from_pretrained)")
-    dtype: DType = "float16"
-    device: str = "auto"
-    scheduler: str | None = None
+    dtype: DType = Field("float16", description="dtype the generator is loaded in")
+    device: str = Field("auto", description="cpu, cuda, cuda:N or auto")
+    scheduler: str | None = Field(None, description="diffusers scheduler class to swap in")
     defaults: dict[str, Any] = Field(default_factory=dict, description="default render parameters")
 
 
 class Config(_Strict):
-    name: str = "custom"
-    seed: int = 0
+    name: str = Field("custom", description="profile name, shown in outputs")
+    seed: int = Field(0, description="global seed")
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     media: MediaConfig = Field(default_factory=MediaConfig)
     adaptor: AdaptorConfig = Field(default_factory=AdaptorConfig)
@@ -201,3 +203,31 @@ def load_config(name_or_path: str | os.PathLike = "tiny", overrides: list[str] =
         except ValidationError as e:
             raise ConfigError(_describe(e, f"--set {item}")) from None
     return Config.model_validate(raw)
+
+
+def describe_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, description) for every key, generated from the schema."""
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows += describe_keys(ann, f"{key}.")
+            continue
+        if str(ann).startswith("dict[str, modaverse.config.GeneratorConfig]"):
+            rows += describe_keys(GeneratorConfig, f"{key}.<capability>.")
+            continue
+        default = "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        rows.append((key, _type_name(ann), default, field.description or ""))
+    return rows
+
+
+def _type_name(ann: Any) -> str:
+    origin, args = get_origin(ann), get_args(ann)
+    if origin is Literal:
+        return " / ".join(map(str, args))
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    return getattr(ann, "__name__", str(ann))

@@ -66,3 +66,11 @@ def test_relative_paths_resolve_against_the_yaml_not_the_cwd(tmp_path, monkeypat
     p.write_text("encoder:\n  arch: imagebind_tiny\n  weights: ./w.safetensors\n")
     monkeypatch.chdir(tmp_path)
     assert load_config(p).encoder.weights == str(tmp_path / "sub" / "w.safetensors")
+
+
+def test_every_key_is_documented():
+    from modaverse.config import describe_keys
+
+    rows = describe_keys()
+    assert {"encoder.weights", "media.audio.clips", "adaptor.shared", "zoo.<capability>.plugin"} <= {r[0] for r in rows}
+    assert [r[0] for r in rows if not r[3]] == []  # `modaverse configs --keys` is the reference

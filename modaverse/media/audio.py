@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from modaverse.errors import MediaError
 from modaverse.media.clips import clip_timepoints
@@ -31,13 +31,13 @@ class AudioSpec(BaseModel):
     """Filterbank settings; the defaults are ImageBind's."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    sample_rate: int = 16000
-    num_mel_bins: int = 128
-    target_length: int = 204
-    clip_duration: float = 2.0
-    clips: int = 3
-    mean: float = -4.268
-    std: float = 9.138
+    sample_rate: int = Field(16000, description="audio is resampled to this rate (Hz)")
+    num_mel_bins: int = Field(128, description="Kaldi filterbank bins")
+    target_length: int = Field(204, description="frames per clip after zero-padding/cropping")
+    clip_duration: float = Field(2.0, description="seconds per clip")
+    clips: int = Field(3, description="clips per file, spread from start to end")
+    mean: float = Field(-4.268, description="filterbank normalisation mean")
+    std: float = Field(9.138, description="filterbank normalisation std")
 
 
 def decode_audio(path: str | Path) -> tuple[np.ndarray, int]:
