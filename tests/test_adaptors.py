@@ -34,3 +34,21 @@ def test_from_config():
     cfg = load_config("tiny", ["adaptor.tokens_per_input=2"]).adaptor
     a = Adaptors.from_config(cfg, ["image", "audio"], 32, 64)
     assert a("audio", torch.randn(1, 32)).shape == (1, 2, 64)
+
+
+def test_image_and_video_have_distinct_markers_and_share_the_vision_tower():
+    from modaverse.modality import MODALITIES, TOWER, markers
+
+    assert TOWER["image"] == TOWER["video"] == "vision"
+    assert markers("image") == ("<Image>", "</Image>") and markers("video") == ("<Video>", "</Video>")
+    assert len({markers(m) for m in MODALITIES}) == len(MODALITIES)
+
+
+def test_public_api_is_importable_lazily():
+    import modaverse
+
+    assert modaverse.load_config("tiny").name == "tiny"
+    assert modaverse.Encoder.__name__ == "Encoder"
+    assert set(modaverse.__all__) == {*modaverse._EXPORTS, "__version__"}
+    with pytest.raises(AttributeError):
+        modaverse.nothing_here  # noqa: B018
