@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from modaverse.errors import ConfigError, ModaverseError
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes get one line (and a pointer to --help), like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -51,6 +59,27 @@ def _read_encoder_json(path: str):
         raise ConfigError(f"{path}: {'.'.join(map(str, err['loc']))}: {msg}") from None
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
+def _check_writable(out: Path) -> None:
+    """Fails before any work when the output cannot be written (no file is touched)."""
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ModaverseError(f"{out}: cannot write there ({parent} is not a writable folder)")
+    if out.is_dir():
+        raise ModaverseError(f"{out}: is a directory; give a file name ending in .safetensors")
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     """Embed media files with ImageBind into OUT.safetensors."""
     from tqdm.auto import tqdm
@@ -64,6 +93,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise ModaverseError("--config and --encoder-config are alternatives; give one")
     if args.encoder_config and not args.weights:
         raise ModaverseError("--encoder-config needs --weights (the checkpoint those kwargs describe)")
+    _check_writable(out)
     for f in args.files:  # cheap checks first: fail before any model is built
         check_file(Path(f))
 
@@ -83,7 +113,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
             overrides.append(f"encoder.weights={Path(args.weights).resolve()}")
         if args.device:
             overrides.append(f"encoder.device={args.device}")
-        if args.batch_size:
+        if args.batch_size is not None:
             overrides.append(f"encoder.batch_size={args.batch_size}")
         args.overrides = overrides
         config = _config(args)
@@ -96,7 +126,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
         emb, mods = encoder.embed(args.files, args.modality, on_progress=bar.update)
     from modaverse import embfile
 
-    embfile.write(out, emb, [str(f) for f in args.files], mods, arch)
+    try:
+        embfile.write(out, emb, [str(f) for f in args.files], mods, arch)
+    except Exception as e:  # safetensors wraps OS errors in its own type
+        raise ModaverseError(f"{out}: cannot write ({e})") from None
     counts = ", ".join(f"{m}: {mods.count(m)}" for m in dict.fromkeys(mods))
     print(f"embedded {len(mods)} file(s) ({counts}) -> {out} [{emb.shape[0]} x {emb.shape[1]}]")
     return 0
@@ -146,11 +179,11 @@ def cmd_archs(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="modaverse",
         description="Any-to-any multimodal assistant: ImageBind inputs, LLM meta-responses, text-to-x outputs.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
     p = sub.add_parser("embed", help="embed media files with ImageBind",
                        description="Embed image/video/audio/depth/thermal/IMU files with ImageBind. "
@@ -166,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="force the modality of every FILE (e.g. for .npy maps)")
     p.add_argument("--output", "-o", required=True, metavar="OUT.safetensors", help="where to write")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: from config)")
-    p.add_argument("--batch-size", type=int, help="files per forward pass (default: from config)")
+    p.add_argument("--batch-size", type=_positive_int, help="files per forward pass (default: from config)")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("inspect", help="summarise an embeddings file",

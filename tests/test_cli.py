@@ -159,3 +159,13 @@ def test_configs_and_archs_commands():
     assert r.returncode == 0 and "batch_size: 5" in r.stdout
     r = run_cli("archs")
     assert r.returncode == 0 and "imagebind_huge" in r.stdout
+
+
+def test_usage_errors_are_one_line(tmp_path):
+    _one_line_error(run_cli("embed", IB / "image_a.png", "--batch-size", "0", "-o", tmp_path / "e.safetensors"),
+                    "--batch-size: 0 is not a positive number")
+    _one_line_error(run_cli("embed", IB / "image_a.png"), "required: --output")
+    _one_line_error(run_cli("frobnicate"), "invalid choice: 'frobnicate'")
+    (tmp_path / "dir.safetensors").mkdir()
+    _one_line_error(run_cli("embed", IB / "image_a.png", "-o", tmp_path / "dir.safetensors"), "is a directory")
+    _one_line_error(run_cli("inspect", IB / "image_a.png"), "not an embeddings file")
