@@ -108,15 +108,14 @@ def cmd_embed(args: argparse.Namespace) -> int:
                           dtype=DTYPES["float32"], batch_size=args.batch_size or 8)
         arch = "custom"
     else:
-        overrides = list(args.overrides)
-        if args.weights:
-            overrides.append(f"encoder.weights={Path(args.weights).resolve()}")
-        if args.device:
-            overrides.append(f"encoder.device={args.device}")
-        if args.batch_size is not None:
-            overrides.append(f"encoder.batch_size={args.batch_size}")
-        args.overrides = overrides
         config = _config(args)
+        # Typed CLI options are assigned (and validated) directly: a path is never parsed as YAML.
+        if args.weights:
+            config.encoder.weights = str(Path(args.weights).resolve())
+        if args.device:
+            config.encoder.device = args.device
+        if args.batch_size is not None:
+            config.encoder.batch_size = args.batch_size
         encoder = Encoder.from_config(config.encoder, config.media)
         arch = config.encoder.arch
 

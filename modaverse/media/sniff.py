@@ -105,10 +105,8 @@ def container_modality(path: Path) -> str:
 
     try:
         with av.open(str(path)) as c:
-            has_video = any(
-                s.frames != 1 and not (s.disposition & av.stream.Disposition.attached_pic)
-                for s in c.streams.video
-            )
+            # Cover art (m4a/mkv) is a one-picture "video" stream flagged attached_pic.
+            has_video = any(not (s.disposition & av.stream.Disposition.attached_pic) for s in c.streams.video)
             has_audio = bool(c.streams.audio)
     except Exception as e:  # av raises many types for truncated/garbage files
         raise MediaError(path, f"cannot open container ({av_reason(e)})") from None
