@@ -69,6 +69,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _device(text: str) -> str:
+    from modaverse.config import check_device
+
+    try:
+        return check_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _check_writable(out: Path) -> None:
     """Fails before any work when the output cannot be written (no file is touched)."""
     parent = out.parent
@@ -197,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", choices=["image", "video", "audio", "depth", "thermal", "imu"],
                    help="force the modality of every FILE (e.g. for .npy maps)")
     p.add_argument("--output", "-o", required=True, metavar="OUT.safetensors", help="where to write")
-    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: from config)")
+    p.add_argument("--device", type=_device, help="cpu, cuda, cuda:N or auto (default: from config)")
     p.add_argument("--batch-size", type=_positive_int, help="files per forward pass (default: from config)")
     p.set_defaults(func=cmd_embed)
 

@@ -15,10 +15,10 @@ import re
 import types
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from modaverse.errors import ConfigError
 from modaverse.imagebind.config import ImageBindConfig, list_archs
@@ -26,6 +26,16 @@ from modaverse.media import MediaConfig
 from modaverse.modality import MODALITIES, Modality
 
 DType = Literal["float32", "float16", "bfloat16"]
+
+
+def check_device(value: str) -> str:
+    """Device strings are checked where they are read, not when torch first trips on them."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        raise ValueError(f"unknown device {value!r}; use auto, cpu, cuda, cuda:N or mps")
+    return value
+
+
+Device = Annotated[str, AfterValidator(check_device)]
 
 
 class _Strict(BaseModel):
@@ -42,7 +52,7 @@ class EncoderConfig(_Strict):
     weights_url: str | None = Field(None, description="downloaded to `weights` when that file is missing")
     sha256: str | None = Field(None, description="expected sha256 of the weights file")
     seed: int = Field(0, description="seed for random init when no weights are given")
-    device: str = Field("auto", description="cpu, cuda, cuda:N or auto")
+    device: Device = Field("auto", description="cpu, cuda, cuda:N, mps or auto")
     dtype: DType = Field("float32", description="compute dtype of the encoder")
     batch_size: int = Field(8, ge=1, description="files per forward pass")
 
@@ -99,7 +109,7 @@ class GeneratorConfig(_Strict):
     plugin: str = Field(description="registered plug-in name")
     model: str | None = Field(None, description="hub id or local folder (from_pretrained)")
     dtype: DType = Field("float16", description="dtype the generator is loaded in")
-    device: str = Field("auto", description="cpu, cuda, cuda:N or auto")
+    device: Device = Field("auto", description="cpu, cuda, cuda:N, mps or auto")
     scheduler: str | None = Field(None, description="diffusers scheduler class to swap in")
     defaults: dict[str, Any] = Field(default_factory=dict, description="default render parameters")
 

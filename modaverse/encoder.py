@@ -31,9 +31,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_imagebind(
-    config: ImageBindConfig, weights: Path | None = None, seed: int = 0, source: str | None = None
-) -> ImageBind:
+def build_imagebind(config: ImageBindConfig, weights: Path | None = None, seed: int = 0) -> ImageBind:
     """An ImageBind from a checkpoint file, or with seeded random weights when none is given."""
     if weights is None:
         model = ImageBind(config)
@@ -42,7 +40,7 @@ def build_imagebind(
     state = read_state_dict(weights)
     with torch.device("meta"):
         model = ImageBind(config)
-    load_into(model, state, source or str(weights))
+    load_into(model, state, str(weights))
     return model
 
 

@@ -166,6 +166,8 @@ def test_usage_errors_are_one_line(tmp_path):
                     "--batch-size: 0 is not a positive number")
     _one_line_error(run_cli("embed", IB / "image_a.png"), "required: --output")
     _one_line_error(run_cli("frobnicate"), "invalid choice: 'frobnicate'")
+    _one_line_error(run_cli("embed", IB / "image_a.png", "--device", "gpu", "-o", tmp_path / "e.safetensors"),
+                    "--device: unknown device 'gpu'")
     (tmp_path / "dir.safetensors").mkdir()
     _one_line_error(run_cli("embed", IB / "image_a.png", "-o", tmp_path / "dir.safetensors"), "is a directory")
     _one_line_error(run_cli("inspect", IB / "image_a.png"), "not an embeddings file")

@@ -34,6 +34,7 @@ def test_set_overrides_any_key_with_typed_values():
         ("encoder.arch=imagebind_giant", "unknown architecture 'imagebind_giant'"),
         ("encoder.modalities=[smell]", "encoder.modalities.0"),
         ("adaptor.projector=transformer", "unknown projector 'transformer'"),
+        ("encoder.device=gpu", "encoder.device: Value error, unknown device 'gpu'"),
         ("encoder", "expected KEY=VALUE"),
         ("encoder.arch.x=1", "encoder.arch is not a section"),
     ],

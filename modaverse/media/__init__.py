@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from modaverse.errors import MediaError
 from modaverse.media.audio import AudioSpec, load_audio
 from modaverse.media.image import load_image
-from modaverse.media.sensors import load_array, load_depth, load_imu, load_thermal
+from modaverse.media.sensors import array_shape, load_array, load_depth, load_imu, load_thermal
 from modaverse.media.sniff import check_file, container_modality
 from modaverse.media.video import VideoSpec, load_video
 from modaverse.modality import INPUT_SHAPE, MODALITIES
@@ -44,7 +44,7 @@ class MediaInput:
 
 
 def _npy_modality(path: Path) -> str:
-    shape = tuple(load_array(path).shape)
+    shape = array_shape(path)
     matches = [m for m in MODALITIES if INPUT_SHAPE[m] == shape]
     if not matches and len(shape) == 2 and 6 in shape:
         matches = ["imu"]

@@ -34,6 +34,14 @@ def load_array(path: Path) -> np.ndarray:
     return arr
 
 
+def array_shape(path: Path) -> tuple[int, ...]:
+    """The shape from a .npy header (memory-mapped: no data is read)."""
+    try:
+        return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape)
+    except Exception as e:  # numpy raises ValueError/EOFError/OSError for bad files
+        raise MediaError(path, f"cannot read .npy ({e})") from None
+
+
 def _map_to_tensor(arr: np.ndarray, size: int) -> torch.Tensor:
     """A 2-D map -> [1, size, size]: shorter side to ``size`` (bilinear), centre crop."""
     x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None]
