@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -186,6 +187,77 @@ def cmd_archs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_generation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, help="sampling seed (default: generation.seed, else the config's seed)")
+    p.add_argument("--max-new-tokens", type=_positive_int, help="cap on generated tokens (default: from config)")
+    p.add_argument("--temperature", type=float, help="0 = greedy (default: from config)")
+    p.add_argument("--unconstrained", action="store_true",
+                   help="decode without the meta-response grammar; an unparsable answer becomes a plain text reply")
+
+
+def _generation_kwargs(args: argparse.Namespace) -> dict:
+    if args.temperature is not None and not 0 <= args.temperature <= 5:
+        raise ModaverseError(f"--temperature {args.temperature}: must be between 0 and 5")
+    kwargs = {"seed": args.seed, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
+    if args.unconstrained:
+        kwargs["constrained"] = False
+    return kwargs
+
+
+def _default_out_dir(kind: str) -> Path:
+    import time
+
+    return Path("outputs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """One request: instruction + inputs -> D/response.json (meta-response and outputs)."""
+    from modaverse.atomic import write_text_atomic
+    from modaverse.media.sniff import check_file
+
+    out_dir = Path(args.output_dir) if args.output_dir else _default_out_dir("generate")
+    response = out_dir / "response.json"
+    if response.exists() and not args.force:
+        raise ModaverseError(f"{response}: already exists; pass --force to replace it or choose another --output-dir")
+    _check_writable(response)
+    for f in args.inputs:  # cheap checks first: fail before any model is built
+        check_file(Path(f))
+    gen_kwargs = _generation_kwargs(args)
+
+    from modaverse.pipeline import ModaVerse
+
+    config = _config(args)
+    pipe = ModaVerse.from_config(config)
+    items = [pipe.encoder.load(f, args.modality) for f in args.inputs]
+    turn = pipe(args.instruction, items, **gen_kwargs)
+    doc = {"config": config.name, **turn.to_dict()}
+    text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    try:
+        write_text_atomic(response, text)
+    except OSError as e:
+        raise ModaverseError(f"{response}: cannot write ({e.strerror})") from None
+    if args.json:
+        print(text, end="")
+    else:
+        from modaverse.display import summary
+
+        print(summary(turn))
+        print(f"wrote {response}")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Interactive multi-turn chat with attachments."""
+    from modaverse.chat import ChatSession, repl
+    from modaverse.pipeline import ModaVerse
+
+    gen_kwargs = _generation_kwargs(args)
+    out_dir = Path(args.output_dir) if args.output_dir else _default_out_dir("chat")
+    print("loading models ...", file=sys.stderr, flush=True)
+    pipe = ModaVerse.from_config(_config(args))
+    return repl(ChatSession(pipe, out_dir, **gen_kwargs))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="modaverse",
@@ -210,6 +282,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, help="files per forward pass (default: from config)")
     p.set_defaults(func=cmd_embed)
 
+    p = sub.add_parser("generate", help="answer one instruction (with any inputs) as a meta-response",
+                       description="Run one request through the assistant: inputs are embedded, the LLM "
+                       "answers with a meta-response (a reply and generator invocations), which is written "
+                       "to OUTPUT_DIR/response.json. '<media>' in the instruction places inputs inline, in "
+                       "order; without it inputs precede the instruction.")
+    p.add_argument("instruction", metavar="INSTRUCTION")
+    p.add_argument("--input", "-i", dest="inputs", action="append", default=[], metavar="FILE",
+                   help="media file (image, video, audio, depth, thermal, IMU); repeatable, any mix")
+    p.add_argument("--modality", choices=["image", "video", "audio", "depth", "thermal", "imu"],
+                   help="force the modality of every input (e.g. for .npy maps)")
+    _add_config_args(p)
+    p.add_argument("--output-dir", "-o", metavar="D", help="where response.json goes (default: outputs/generate-TIME)")
+    p.add_argument("--json", action="store_true", help="print the response JSON instead of a summary")
+    p.add_argument("--force", action="store_true", help="replace an existing D/response.json")
+    _add_generation_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="interactive multi-turn chat",
+                       description="A multi-turn chat. Commands: /attach FILE [MODALITY], /reset, /save PATH, "
+                       "/help, /quit. Each turn's response is saved as JSON in the output folder.")
+    _add_config_args(p)
+    p.add_argument("--output-dir", "-o", metavar="D", help="where turn responses go (default: outputs/chat-TIME)")
+    _add_generation_args(p)
+    p.set_defaults(func=cmd_chat)
+
     p = sub.add_parser("inspect", help="summarise an embeddings file",
                        description="Print each embedded file's modality and norm, and their cosine similarities.")
     p.add_argument("files", nargs="+", metavar="OUT.safetensors")
@@ -227,8 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _LogFormat(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"modaverse: {record.levelname.lower()}: {record.getMessage()}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogFormat())
+    logging.getLogger("modaverse").addHandler(handler)
     try:
         return args.func(args)
     except ModaverseError as e:

@@ -100,7 +100,29 @@ class LLMConfig(_Strict):
     arch: dict[str, Any] | None = Field(None, description="LlamaConfig kwargs, to build a random model (tiny profile)")
     seed: int = Field(0, description="seed for building `arch` with random weights")
     dtype: DType = Field("float32", description="dtype the LLM is loaded in")
+    device: Device = Field("auto", description="cpu, cuda, cuda:N, mps or auto")
     lora: LoraConfig = Field(default_factory=LoraConfig)
+
+
+class PromptConfig(_Strict):
+    """How conversations become token sequences (``prompt:``)."""
+
+    template: Literal["auto", "vicuna"] = Field(
+        "auto", description="auto = the tokenizer's chat template, or Vicuna's ### Human/### Assistant without one")
+    system: str | None = Field(None, description="system prompt; null = a built-in one naming the capabilities")
+    compose: Literal["inline", "sum"] = Field(
+        "inline", description="inline = each input at its own place; sum = PandaGPT's one summed token per turn")
+    max_context: int | None = Field(None, ge=32, description="token budget of a request; null = the model's maximum")
+
+
+class GenerationConfig(_Strict):
+    """Decoding settings (``generation:``)."""
+
+    constrained: bool = Field(True, description="decode under the meta-response grammar (always valid JSON)")
+    max_new_tokens: int = Field(512, ge=96, description="cap on generated tokens (the grammar closes the JSON in time)")
+    temperature: float = Field(0.0, ge=0, le=5, description="0 = greedy; above 0 samples")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass (when sampling)")
+    seed: int | None = Field(None, description="sampling seed; null = the config's global seed")
 
 
 class GeneratorConfig(_Strict):
@@ -121,6 +143,8 @@ class Config(_Strict):
     media: MediaConfig = Field(default_factory=MediaConfig)
     adaptor: AdaptorConfig = Field(default_factory=AdaptorConfig)
     llm: LLMConfig = Field(default_factory=LLMConfig)
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
     zoo: dict[str, GeneratorConfig] = Field(default_factory=dict)
 
 

@@ -9,12 +9,13 @@ earlier result.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from modaverse.atomic import write_atomic
 
 
 def write(out: Path, embeddings: torch.Tensor, files: list[str], modalities: list[str], encoder: str) -> None:
@@ -24,13 +25,7 @@ def write(out: Path, embeddings: torch.Tensor, files: list[str], modalities: lis
         "encoder": encoder,
         "normalized": "true",
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        save_file({"embeddings": embeddings.contiguous()}, str(tmp), metadata=meta)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(out, lambda tmp: save_file({"embeddings": embeddings.contiguous()}, str(tmp), metadata=meta))
 
 
 def read(path: str | Path) -> tuple[torch.Tensor, list[str], list[str], dict[str, str]]:

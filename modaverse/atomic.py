@@ -1,0 +1,25 @@
+"""Atomic file writes: a temporary file in the same folder, then a rename.
+
+A crash, a full disk or Ctrl-C mid-write leaves the earlier file intact, never a half one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+
+def write_atomic(out: Path, write: Callable[[Path], None]) -> None:
+    """Calls ``write(tmp)`` and moves ``tmp`` onto ``out`` only once it succeeded."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(out: Path, text: str) -> None:
+    write_atomic(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))

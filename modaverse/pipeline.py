@@ -1,0 +1,264 @@
+"""``ModaVerse``: instruction + media in, a :class:`Turn` (reply, invocations, outputs) out.
+
+The three stages of the paper in one object, built from a config:
+
+1. input: files -> ImageBind embeddings (:class:`~modaverse.encoder.Encoder`) -> adaptors;
+2. middle: prompt assembly with soft tokens -> LoRA LLM -> meta-response, decoded under
+   the meta-response grammar so it always validates;
+3. output: invocations for the model zoo (rendering arrives with the zoo; until then a
+   turn carries its invocations only).
+
+History is a list of earlier turns; each keeps its inputs' embeddings, so earlier media
+stay in the conversation without being re-encoded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+from modaverse import meta
+from modaverse.adaptors import Adaptors
+from modaverse.config import Config, load_config
+from modaverse.encoder import Encoder
+from modaverse.errors import ModaverseError
+from modaverse.llm import DTYPES, LLM, load_llm
+from modaverse.media import MediaInput
+from modaverse.prompt import Message, PromptBuilder, assemble_embeddings, marker_tokens
+
+log = logging.getLogger("modaverse")
+
+
+@dataclass(frozen=True)
+class InputRef:
+    path: str
+    modality: str
+
+
+@dataclass
+class Turn:
+    """One exchange: what was asked, what the model answered, and what was rendered."""
+
+    instruction: str
+    inputs: list[InputRef]
+    meta: meta.MetaResponse
+    raw: str
+    constrained: bool
+    fallback: str | None = None  # why an unconstrained answer was kept as plain text
+    outputs: list[Path] = field(default_factory=list)
+    trimmed: int = 0  # history turns dropped to fit the context
+    timings: dict[str, float] = field(default_factory=dict)
+    embeddings: torch.Tensor | None = field(default=None, repr=False)  # ImageBind, [len(inputs), D]
+
+    @property
+    def text(self) -> str:
+        return self.meta.text
+
+    @property
+    def invocations(self) -> list[meta.Invocation]:
+        return list(self.meta.invocations)
+
+    def to_dict(self) -> dict:
+        return {
+            "instruction": self.instruction,
+            "inputs": [{"path": i.path, "modality": i.modality} for i in self.inputs],
+            "meta_response": self.meta.as_dict(),
+            "outputs": [str(p) for p in self.outputs],
+            "raw": self.raw,
+            "constrained": self.constrained,
+            "fallback": self.fallback,
+            "trimmed_turns": self.trimmed,
+            "timings": {k: round(v, 6) for k, v in self.timings.items()},
+        }
+
+
+def text_field_prefix(raw: str) -> str:
+    """The decoded part of ``"text"`` in a partial meta-response (for streaming the reply)."""
+    head = '{"text":"'
+    if not raw.startswith(head):
+        return ""
+    out, i, s = [], len(head), raw
+    escapes = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+    while i < len(s):
+        c = s[i]
+        if c == '"':
+            break
+        if c != "\\":
+            out.append(c)
+            i += 1
+            continue
+        if i + 1 >= len(s):
+            break
+        if s[i + 1] == "u":
+            if i + 6 > len(s):
+                break
+            try:
+                out.append(chr(int(s[i + 2 : i + 6], 16)))
+            except ValueError:
+                break
+            i += 6
+        else:
+            out.append(escapes.get(s[i + 1], s[i + 1]))
+            i += 2
+    return "".join(out)
+
+
+class _Stream:
+    """A transformers streamer: records time to first token and streams the reply text."""
+
+    def __init__(self, tokenizer, on_text: Callable[[str], None] | None, constrained: bool):
+        self.tok, self.on_text, self.constrained = tokenizer, on_text, constrained
+        self.ids: list[int] = []
+        self.start = self.end_time = time.perf_counter()
+        self.first: float | None = None
+        self.shown = ""
+
+    def put(self, value: torch.Tensor) -> None:
+        if value.dim() > 1:  # the prompt ids, sent once before decoding starts
+            return
+        if self.first is None:
+            self.first = time.perf_counter()
+        self.ids += value.tolist()
+        if self.on_text is None:
+            return
+        raw = self.tok.decode(self.ids, skip_special_tokens=True)
+        # A trailing U+FFFD is a character whose bytes have not all arrived yet: wait for them.
+        text = (text_field_prefix(raw) if self.constrained else raw).rstrip("\ufffd")
+        if len(text) > len(self.shown) and text.startswith(self.shown):
+            self.on_text(text[len(self.shown) :])
+            self.shown = text
+
+    def end(self) -> None:
+        pass
+
+
+class ModaVerse:
+    """The assistant. Build with :meth:`from_config`; call with an instruction and inputs."""
+
+    def __init__(self, config: Config, encoder: Encoder, adaptors: Adaptors, llm: LLM):
+        self.config, self.encoder, self.adaptors, self.llm = config, encoder, adaptors, llm
+        self.capabilities = meta.capabilities(config.zoo)
+        self.prompts = PromptBuilder(llm.tokenizer, config.prompt, tokens_per_input=config.adaptor.tokens_per_input,
+                                     capabilities=self.capabilities, max_context=llm.max_context)
+
+    @classmethod
+    def from_config(cls, config: str | os.PathLike | Config = "tiny", overrides: Sequence[str] = ()) -> ModaVerse:
+        if not isinstance(config, Config):
+            config = load_config(config, list(overrides))
+        encoder = Encoder.from_config(config.encoder, config.media)
+        llm = load_llm(config.llm, marker_tokens(config.encoder.modalities, config.prompt.compose))
+        torch.manual_seed(config.seed)
+        adaptors = Adaptors.from_config(config.adaptor, config.encoder.modalities, encoder.dim, llm.hidden_size)
+        adaptors.to(llm.device, DTYPES[config.llm.dtype]).eval()
+        return cls(config, encoder, adaptors, llm)
+
+    @cached_property
+    def grammar(self):
+        from modaverse.constrain import MetaGrammar
+
+        vocab = self.llm.model.get_output_embeddings().weight.shape[0]
+        return MetaGrammar(self.llm.tokenizer, self.capabilities, vocab)
+
+    # -- the three stages ------------------------------------------------------------------------
+    def load_inputs(self, inputs: Sequence[str | os.PathLike | MediaInput]) -> list[MediaInput]:
+        return [i if isinstance(i, MediaInput) else self.encoder.load(i) for i in inputs]
+
+    def project(self, modalities: Sequence[str], embeddings: torch.Tensor) -> list[torch.Tensor]:
+        """Each input's soft tokens, ``[tokens_per_input, H]``, in the LLM's dtype."""
+        dtype = next(self.adaptors.parameters()).dtype
+        device = next(self.adaptors.parameters()).device
+        return [self.adaptors(m, e[None].to(device, dtype))[0] for m, e in zip(modalities, embeddings, strict=True)]
+
+    @torch.inference_mode()
+    def __call__(self, instruction: str, inputs: Sequence[str | os.PathLike | MediaInput] = (),
+                 history: Sequence[Turn] = (), *, constrained: bool | None = None,
+                 max_new_tokens: int | None = None, temperature: float | None = None, seed: int | None = None,
+                 on_text: Callable[[str], None] | None = None) -> Turn:
+        gen = self.config.generation
+        constrained = gen.constrained if constrained is None else constrained
+        max_new_tokens = max_new_tokens or gen.max_new_tokens
+        temperature = gen.temperature if temperature is None else temperature
+        seed = seed if seed is not None else (gen.seed if gen.seed is not None else self.config.seed)
+        if not instruction.strip() and not inputs:
+            raise ModaverseError("empty request: give an instruction, inputs, or both")
+        timings: dict[str, float] = {}
+
+        t = time.perf_counter()
+        items = self.load_inputs(inputs)
+        current = self.encoder.encode(items) if items else torch.empty(0, self.encoder.dim)
+        timings["encode"] = time.perf_counter() - t
+
+        messages, modalities, embs = [], [], []
+        for turn in history:
+            mods = tuple(i.modality for i in turn.inputs)
+            messages += [Message("user", turn.instruction, mods), Message("assistant", turn.meta.to_json())]
+            modalities += mods
+            embs.append(turn.embeddings if turn.embeddings is not None else torch.empty(0, self.encoder.dim))
+        mods = tuple(i.modality for i in items)
+        messages.append(Message("user", instruction, mods))
+        modalities += mods
+        embs.append(current)
+        prompt = self.prompts.build(messages, reserve=max_new_tokens)
+        if prompt.trimmed:
+            log.warning("dropped the %d oldest turn(s) to fit the %d-token context", prompt.trimmed,
+                        self.prompts.max_context)
+
+        t = time.perf_counter()
+        all_embs = torch.cat(embs)
+        soft = [None] * prompt.media_offset + self.project(modalities[prompt.media_offset :],
+                                                           all_embs[prompt.media_offset :])
+        inputs_embeds = assemble_embeddings(self.llm.embed_tokens, prompt, soft)
+        timings["project"] = time.perf_counter() - t
+
+        raw, stream = self._generate(inputs_embeds, constrained, max_new_tokens, temperature, seed, on_text)
+        timings["prefill"] = (stream.first or stream.end_time) - stream.start
+        timings["decode"] = stream.end_time - (stream.first or stream.end_time)
+        timings["new_tokens"] = len(stream.ids)
+
+        t = time.perf_counter()
+        fallback = None
+        try:
+            response = meta.parse(raw, self.capabilities)
+        except meta.MetaResponseError as e:
+            if constrained:
+                raise ModaverseError(f"constrained decoding produced an invalid meta-response ({e}); "
+                                     f"raise generation.max_new_tokens (now {max_new_tokens})") from None
+            fallback = f"not a meta-response ({e}); kept as a plain text reply"
+            response = meta.MetaResponse(text=raw.strip()[: meta.MAX_TEXT_CHARS])
+        timings["parse"] = time.perf_counter() - t
+        timings["render"] = 0.0
+        refs = [InputRef(str(i.path), i.modality) for i in items]
+        return Turn(instruction, refs, response, raw, constrained, fallback, [], prompt.trimmed, timings, current)
+
+    def _generate(self, inputs_embeds: torch.Tensor, constrained: bool, max_new_tokens: int,
+                  temperature: float, seed: int, on_text) -> tuple[str, _Stream]:
+        from transformers import LogitsProcessorList
+
+        tok = self.llm.tokenizer
+        kwargs: dict = dict(max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                            do_sample=temperature > 0, suppress_tokens=sorted(self.llm.marker_ids.values()))
+        if temperature > 0:
+            kwargs.update(temperature=temperature, top_p=self.config.generation.top_p, top_k=0)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if constrained:
+            kwargs["logits_processor"] = LogitsProcessorList([self.grammar.processor(max_new_tokens)])
+        elif self.prompts.use_vicuna:
+            kwargs.update(stop_strings=["###"], tokenizer=tok)
+        stream = _Stream(tok, on_text, constrained)
+        torch.manual_seed(seed)
+        stream.start = time.perf_counter()
+        mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
+        self.llm.model.generate(inputs_embeds=inputs_embeds, attention_mask=mask, streamer=stream, **kwargs)
+        stream.end_time = time.perf_counter()
+        raw = tok.decode(stream.ids, skip_special_tokens=True)
+        if not constrained and self.prompts.use_vicuna:
+            raw = raw.split("###")[0]
+        return raw, stream
