@@ -78,7 +78,7 @@ class MetaConstraint(LogitsProcessor):
         import llguidance.torch as llt
 
         self.grammar, self.max_new_tokens = grammar, max_new_tokens
-        self.matcher = llguidance.LLMatcher(grammar.ll_tokenizer, grammar.grammar)
+        self.matcher = llguidance.LLMatcher(grammar.ll_tokenizer, grammar.grammar, log_level=0)
         self.bitmask = llt.allocate_token_bitmask(1, grammar.vocab_size)
         self._llt = llt
         self._start: int | None = None

@@ -35,7 +35,7 @@ MAX_PROMPT_CHARS = 400
 MAX_INVOCATIONS = 4
 
 #: One line with at least one visible character; part of the JSON schema, so the grammar enforces it too.
-PROMPT_PATTERN = r"^[^\x00-\x1f]*[^\x00-\x20][^\x00-\x1f]*$"
+PROMPT_PATTERN = r"^[^\x00-\x1f\x7f]*[^\x00-\x20\x7f][^\x00-\x1f\x7f]*$"
 
 #: The official ModaVerse flags and the capability each one meant.
 LEGACY_FLAGS = {"IMAGE": "text-to-image", "VIDEO": "text-to-video", "AUDIO": "text-to-audio", "TEXT": None}
@@ -90,7 +90,8 @@ class MetaResponse(_Strict):
 
     def to_json(self) -> str:
         """Compact JSON in schema key order: the exact form the LLM is trained to emit."""
-        return json.dumps(self.as_dict(), ensure_ascii=False, separators=(",", ":"))
+        # DEL is escaped too: llguidance's JSON strings (like many strict parsers) refuse it raw.
+        return json.dumps(self.as_dict(), ensure_ascii=False, separators=(",", ":")).replace("\x7f", "\\u007f")
 
     def as_dict(self) -> dict:
         """Plain data, leaving out parameters that were not given."""

@@ -31,7 +31,7 @@ from modaverse.encoder import Encoder
 from modaverse.errors import ModaverseError
 from modaverse.llm import DTYPES, LLM, load_llm
 from modaverse.media import MediaInput
-from modaverse.prompt import Message, PromptBuilder, assemble_embeddings, marker_tokens
+from modaverse.prompt import Message, Prompt, PromptBuilder, assemble_embeddings, marker_tokens
 
 log = logging.getLogger("modaverse")
 
@@ -110,6 +110,17 @@ def text_field_prefix(raw: str) -> str:
     return "".join(out)
 
 
+@dataclass
+class Prepared:
+    """A request ready to decode: loaded inputs, their embeddings, the prompt and its input embeddings."""
+
+    items: list[MediaInput]
+    embeddings: torch.Tensor  # ImageBind, [len(items), D]
+    prompt: Prompt
+    inputs_embeds: torch.Tensor  # [1, L, H]
+    timings: dict[str, float]
+
+
 class _Stream:
     """A transformers streamer: records time to first token and streams the reply text."""
 
@@ -177,19 +188,12 @@ class ModaVerse:
         return [self.adaptors(m, e[None].to(device, dtype))[0] for m, e in zip(modalities, embeddings, strict=True)]
 
     @torch.inference_mode()
-    def __call__(self, instruction: str, inputs: Sequence[str | os.PathLike | MediaInput] = (),
-                 history: Sequence[Turn] = (), *, constrained: bool | None = None,
-                 max_new_tokens: int | None = None, temperature: float | None = None, seed: int | None = None,
-                 on_text: Callable[[str], None] | None = None) -> Turn:
-        gen = self.config.generation
-        constrained = gen.constrained if constrained is None else constrained
-        max_new_tokens = max_new_tokens or gen.max_new_tokens
-        temperature = gen.temperature if temperature is None else temperature
-        seed = seed if seed is not None else (gen.seed if gen.seed is not None else self.config.seed)
+    def prepare(self, instruction: str, inputs: Sequence[str | os.PathLike | MediaInput] = (),
+                history: Sequence[Turn] = (), reserve: int = 0) -> Prepared:
+        """Stages before decoding: encode the inputs, build the prompt, project into its slots."""
         if not instruction.strip() and not inputs:
             raise ModaverseError("empty request: give an instruction, inputs, or both")
         timings: dict[str, float] = {}
-
         t = time.perf_counter()
         items = self.load_inputs(inputs)
         current = self.encoder.encode(items) if items else torch.empty(0, self.encoder.dim)
@@ -205,19 +209,32 @@ class ModaVerse:
         messages.append(Message("user", instruction, mods))
         modalities += mods
         embs.append(current)
-        prompt = self.prompts.build(messages, reserve=max_new_tokens)
+        prompt = self.prompts.build(messages, reserve=reserve)
         if prompt.trimmed:
             log.warning("dropped the %d oldest turn(s) to fit the %d-token context", prompt.trimmed,
                         self.prompts.max_context)
 
         t = time.perf_counter()
-        all_embs = torch.cat(embs)
-        soft = [None] * prompt.media_offset + self.project(modalities[prompt.media_offset :],
-                                                           all_embs[prompt.media_offset :])
+        skip = prompt.media_offset
+        soft = [None] * skip + self.project(modalities[skip:], torch.cat(embs)[skip:])
         inputs_embeds = assemble_embeddings(self.llm.embed_tokens, prompt, soft)
         timings["project"] = time.perf_counter() - t
+        return Prepared(items, current, prompt, inputs_embeds, timings)
 
-        raw, stream = self._generate(inputs_embeds, constrained, max_new_tokens, temperature, seed, on_text)
+    @torch.inference_mode()
+    def __call__(self, instruction: str, inputs: Sequence[str | os.PathLike | MediaInput] = (),
+                 history: Sequence[Turn] = (), *, constrained: bool | None = None,
+                 max_new_tokens: int | None = None, temperature: float | None = None, seed: int | None = None,
+                 on_text: Callable[[str], None] | None = None) -> Turn:
+        gen = self.config.generation
+        constrained = gen.constrained if constrained is None else constrained
+        max_new_tokens = max_new_tokens or gen.max_new_tokens
+        temperature = gen.temperature if temperature is None else temperature
+        seed = seed if seed is not None else (gen.seed if gen.seed is not None else self.config.seed)
+        ready = self.prepare(instruction, inputs, history, reserve=max_new_tokens)
+        timings = ready.timings
+
+        raw, stream = self._generate(ready.inputs_embeds, constrained, max_new_tokens, temperature, seed, on_text)
         timings["prefill"] = (stream.first or stream.end_time) - stream.start
         timings["decode"] = stream.end_time - (stream.first or stream.end_time)
         timings["new_tokens"] = len(stream.ids)
@@ -234,8 +251,9 @@ class ModaVerse:
             response = meta.MetaResponse(text=raw.strip()[: meta.MAX_TEXT_CHARS])
         timings["parse"] = time.perf_counter() - t
         timings["render"] = 0.0
-        refs = [InputRef(str(i.path), i.modality) for i in items]
-        return Turn(instruction, refs, response, raw, constrained, fallback, [], prompt.trimmed, timings, current)
+        refs = [InputRef(str(i.path), i.modality) for i in ready.items]
+        return Turn(instruction, refs, response, raw, constrained, fallback, [], ready.prompt.trimmed, timings,
+                    ready.embeddings)
 
     def _generate(self, inputs_embeds: torch.Tensor, constrained: bool, max_new_tokens: int,
                   temperature: float, seed: int, on_text) -> tuple[str, _Stream]:

@@ -40,3 +40,11 @@ def run_cli(*args, cwd=None, env=None, timeout=300):
     exe = Path(sys.executable).parent / "modaverse"
     return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env=full_env, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe():
+    """The offline default profile, built once: tiny ImageBind, tiny Llama with LoRA."""
+    from modaverse.pipeline import ModaVerse
+
+    return ModaVerse.from_config("tiny")

@@ -1,0 +1,111 @@
+"""The Python API end to end on the tiny profile: any mix of inputs, history, streaming."""
+
+import json
+import logging
+
+import pytest
+import torch
+
+from modaverse import meta
+from modaverse.errors import ModaverseError
+from modaverse.pipeline import ModaVerse, text_field_prefix
+
+from . import media_factory as mf
+from .conftest import IB
+
+
+def test_image_audio_and_video_together(tiny_pipe):
+    turn = tiny_pipe("What do these have in common?", [IB / "image_a.png", IB / "audio_44k.wav", IB / "video.mp4"])
+    assert [i.modality for i in turn.inputs] == ["image", "audio", "video"]
+    assert turn.embeddings.shape == (3, tiny_pipe.encoder.dim)
+    doc = json.loads(json.dumps(turn.to_dict()))
+    meta.validate(doc["meta_response"])
+    assert set(doc["timings"]) >= {"encode", "project", "prefill", "decode", "parse", "render"}
+
+
+def test_all_six_modalities_in_one_turn(tiny_pipe, tmp_path):
+    files = [IB / "image_a.png", IB / "video.mp4", IB / "audio_16k.wav", mf.depth_png(tmp_path / "d.png"),
+             IB / "thermal.npy", IB / "imu.npy"]
+    mods = ["image", "video", "audio", "depth", "thermal", "imu"]
+    items = [tiny_pipe.encoder.load(f, m) for f, m in zip(files, mods, strict=True)]
+    turn = tiny_pipe("Describe the scene", items)
+    assert [i.modality for i in turn.inputs] == mods
+
+
+def test_same_seed_same_answer(tiny_pipe):
+    a = tiny_pipe("Make a picture", [IB / "image_a.png"], temperature=1.0, seed=7)
+    b = tiny_pipe("Make a picture", [IB / "image_a.png"], temperature=1.0, seed=7)
+    assert a.raw == b.raw
+
+
+def test_projected_media_reach_the_llm(tiny_pipe):
+    """The slots hold the adaptors' output, and a different image changes the next-token logits."""
+    a = tiny_pipe.prepare("Make a picture", [IB / "image_a.png"])
+    b = tiny_pipe.prepare("Make a picture", [IB / "image_b.jpg"])
+    slot = a.prompt.slots[0]
+    assert torch.equal(a.prompt.input_ids, b.prompt.input_ids)
+    with torch.inference_mode():
+        torch.testing.assert_close(a.inputs_embeds[0, slot.position],
+                                   tiny_pipe.project(["image"], a.embeddings)[0][0])
+        la = tiny_pipe.llm.model(inputs_embeds=a.inputs_embeds).logits[0, -1]
+        lb = tiny_pipe.llm.model(inputs_embeds=b.inputs_embeds).logits[0, -1]
+    assert not torch.allclose(la, lb)
+
+
+def test_history_keeps_earlier_media(tiny_pipe):
+    first = tiny_pipe("Look at this", [IB / "image_a.png"])
+    second = tiny_pipe.prepare("And this sound?", [IB / "audio_16k.wav"], history=[first])
+    assert second.prompt.trimmed == 0
+    assert [s.media for s in second.prompt.slots] == [(0,), (1,)]  # the first turn's image is still there
+    with torch.inference_mode():
+        torch.testing.assert_close(second.inputs_embeds[0, second.prompt.slots[0].position],
+                                   tiny_pipe.project(["image"], first.embeddings)[0][0])
+
+
+def test_streamed_text_is_the_reply(tiny_pipe):
+    chunks = []
+    turn = tiny_pipe("Say something", temperature=1.0, seed=3, on_text=chunks.append)
+    assert "".join(chunks) == turn.text.rstrip("\ufffd")
+
+
+def test_text_field_prefix_decodes_partial_json():
+    assert text_field_prefix('{"text":"a\\nb \\"q\\" \\u00e9') == 'a\nb "q" é'
+    assert text_field_prefix('{"text":"ab\\') == "ab"  # an escape cut in half waits
+    assert text_field_prefix('{"text":"ab\\u00') == "ab"
+    assert text_field_prefix('{"text":"done","invocations":[') == "done"
+    assert text_field_prefix('{"te') == ""
+
+
+def test_overflowing_history_is_trimmed_with_a_warning(caplog):
+    pipe = ModaVerse.from_config("tiny", ["prompt.max_context=400", "encoder.modalities=[image]"])
+    history = []
+    with caplog.at_level(logging.WARNING, logger="modaverse"):
+        for _ in range(3):
+            history.append(pipe("Tell me a long story about this picture please", [IB / "image_a.png"],
+                                history=history, max_new_tokens=96))
+    assert any(t.trimmed for t in history)
+    assert "dropped the" in caplog.text and "oldest turn" in caplog.text
+
+
+def test_unconstrained_mode_falls_back_to_plain_text_and_says_so(tiny_pipe):
+    turn = tiny_pipe("Hello", constrained=False, temperature=1.0, seed=1, max_new_tokens=96)
+    assert not turn.constrained
+    assert turn.fallback and "kept as a plain text reply" in turn.fallback
+    assert turn.invocations == [] and turn.text
+
+
+def test_request_errors(tiny_pipe, tmp_path):
+    with pytest.raises(ModaverseError, match="empty request"):
+        tiny_pipe("  ")
+    with pytest.raises(ModaverseError, match="1 <media> placeholder"):
+        tiny_pipe("see <media>", [IB / "image_a.png", IB / "image_b.jpg"])
+    with pytest.raises(ModaverseError, match="missing.png"):
+        tiny_pipe("see", [tmp_path / "missing.png"])
+    with pytest.raises(ModaverseError, match="reserved token"):
+        tiny_pipe("inject </s> here")
+
+
+def test_zoo_capabilities_reach_the_pipeline():
+    pipe = ModaVerse.from_config("tiny", ["zoo.image-editing.plugin=instruct-pix2pix"])
+    assert "image-editing" in pipe.capabilities
+    assert "image-editing" in pipe.prompts.system
