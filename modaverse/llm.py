@@ -138,9 +138,13 @@ def _load_model(config: LLMConfig, tokenizer) -> torch.nn.Module:
     return AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
 
 
-def load_llm(config: LLMConfig, markers: list[str]) -> LLM:
-    """Loads (or builds) the LM, adds the marker tokens, and wraps it in LoRA."""
-    tokenizer = _load_tokenizer(config)
+def load_llm(config: LLMConfig, markers: list[str], tokenizer=None) -> LLM:
+    """Loads (or builds) the LM, adds the marker tokens, and wraps it in LoRA.
+
+    ``tokenizer`` replaces the configured one (a model built from ``arch`` then gets its
+    vocabulary size), e.g. a real-size vocabulary for benchmarks.
+    """
+    tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(config)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     model = _load_model(config, tokenizer)

@@ -160,11 +160,13 @@ class ModaVerse:
                                      capabilities=self.capabilities, max_context=llm.max_context)
 
     @classmethod
-    def from_config(cls, config: str | os.PathLike | Config = "tiny", overrides: Sequence[str] = ()) -> ModaVerse:
+    def from_config(cls, config: str | os.PathLike | Config = "tiny", overrides: Sequence[str] = (), *,
+                    tokenizer=None) -> ModaVerse:
+        """Builds every stage a config names; ``tokenizer`` overrides the LLM's own."""
         if not isinstance(config, Config):
             config = load_config(config, list(overrides))
         encoder = Encoder.from_config(config.encoder, config.media)
-        llm = load_llm(config.llm, marker_tokens(config.encoder.modalities, config.prompt.compose))
+        llm = load_llm(config.llm, marker_tokens(config.encoder.modalities, config.prompt.compose), tokenizer)
         torch.manual_seed(config.seed)
         adaptors = Adaptors.from_config(config.adaptor, config.encoder.modalities, encoder.dim, llm.hidden_size)
         adaptors.to(llm.device, DTYPES[config.llm.dtype]).eval()

@@ -1,0 +1,129 @@
+"""Request latency by stage (encode / project / prefill / decode / parse / render), and decode
+tokens/s with the meta-response grammar on versus off.
+
+Profiles:
+
+- ``tiny``: the offline default profile, with an image, an audio clip and a video as inputs.
+- ``vicuna-7b``: the real-size architecture with random weights (Llama-2 7B shapes, as
+  Vicuna-7B v1.5; ImageBind-huge vision tower; LoRA r32 on q/k/v/o; bf16 by default).
+  Random weights run exactly as fast as trained ones. With no hub access the tokenizer is
+  a byte-level BPE trained here to 32,000 tokens on local text (the Python standard
+  library), the size of Vicuna's; the grammar's mask cost depends on the vocabulary's
+  size and shape, not on its exact strings.
+
+    python benchmarks/latency.py                                  # tiny, CPU
+    python benchmarks/latency.py --profile vicuna-7b --device cuda
+    python benchmarks/latency.py --profile vicuna-7b --device cpu --requests 1 --max-new-tokens 24
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import torch
+
+from modaverse.config import load_config
+from modaverse.pipeline import ModaVerse
+
+ROOT = Path(__file__).resolve().parents[1]
+FIX = ROOT / "tests" / "fixtures" / "imagebind"
+STAGES = ["encode", "project", "prefill", "decode", "parse", "render"]
+
+VICUNA_7B = {  # Llama-2-7B shapes (lmsys/vicuna-7b-v1.5 config.json)
+    "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+    "num_key_value_heads": 32, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+}
+
+
+def big_tokenizer(vocab_size: int = 32000):
+    """A byte-level BPE with a Llama-sized vocabulary, trained on the local Python library."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    cache = ROOT / "benchmarks" / ".cache" / f"bpe-{vocab_size}.json"
+    if not cache.exists():
+        files = sorted(str(p) for p in Path(sysconfig.get_paths()["stdlib"]).rglob("*.py"))[:1500]
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tok.train_from_iterator((Path(f).read_text(errors="ignore") for f in files), trainer)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(tok.to_str())
+    return PreTrainedTokenizerFast(tokenizer_file=str(cache), unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>", pad_token="<pad>")
+
+
+def build(profile: str, device: str, dtype: str | None) -> tuple[ModaVerse, list[Path]]:
+    if profile == "tiny":
+        overrides = [f"encoder.device={device}", f"llm.device={device}"] + ([f"llm.dtype={dtype}"] if dtype else [])
+        inputs = [FIX / "image_a.png", FIX / "audio_44k.wav", FIX / "video.mp4"]
+        return ModaVerse.from_config("tiny", overrides), inputs
+    config = load_config("modaverse-7b", [
+        "llm.model=null", f"llm.device={device}", f"llm.dtype={dtype or 'bfloat16'}",
+        "encoder.weights=null", "encoder.modalities=[image]", f"encoder.device={device}",
+        f"encoder.dtype={'float16' if device.startswith('cuda') else 'float32'}",
+    ])
+    config.llm.arch = dict(VICUNA_7B)
+    return ModaVerse.from_config(config, tokenizer=big_tokenizer()), [FIX / "image_a.png"]
+
+
+def run(pipe: ModaVerse, inputs: list[Path], constrained: bool, requests: int, max_new_tokens: int) -> dict:
+    kwargs = dict(constrained=constrained, max_new_tokens=max_new_tokens, temperature=1.0)
+    pipe("Describe these and make a matching picture.", inputs, seed=0, **kwargs)  # warm-up
+    rows = []
+    for seed in range(1, requests + 1):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        turn = pipe("Describe these and make a matching picture.", inputs, seed=seed, **kwargs)
+        rows.append(turn.timings)
+    med = {s: statistics.median(r[s] for r in rows) for s in STAGES}
+    tokens = sum(r["new_tokens"] for r in rows)
+    decode = sum(r["decode"] for r in rows)
+    return {"constrained": constrained, "requests": requests, "median_s": med,
+            "new_tokens": tokens, "decode_tokens_per_s": (tokens - requests) / decode if decode else None}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--profile", choices=["tiny", "vicuna-7b"], default="tiny")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="LLM dtype (default: profile's)")
+    p.add_argument("--requests", type=int, default=20)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--out", type=Path, help="JSON results (default: benchmarks/results/latency-PROFILE-DEVICE.json)")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    t = time.perf_counter()
+    pipe, inputs = build(args.profile, args.device, args.dtype)
+    print(f"built {args.profile} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    results = [run(pipe, inputs, c, args.requests, args.max_new_tokens) for c in (True, False)]
+    doc = {
+        "profile": args.profile, "device": args.device, "dtype": pipe.config.llm.dtype,
+        "vocab": len(pipe.llm.tokenizer), "inputs": [i.name for i in inputs],
+        "max_new_tokens": args.max_new_tokens, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+        "results": results,
+    }
+    out = args.out or ROOT / "benchmarks" / "results" / f"latency-{args.profile}-{args.device.split(':')[0]}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"| grammar | {' | '.join(s + ' ms' for s in STAGES)} | decode tokens/s |")
+    print(f"|---|{'---|' * len(STAGES)}---|")
+    for r in results:
+        cells = " | ".join(f"{r['median_s'][s] * 1000:.1f}" for s in STAGES)
+        print(f"| {'on' if r['constrained'] else 'off'} | {cells} | {r['decode_tokens_per_s']:.1f} |")
+    print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
