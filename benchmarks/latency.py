@@ -13,7 +13,8 @@ Profiles:
 
     python benchmarks/latency.py                                  # tiny, CPU
     python benchmarks/latency.py --profile vicuna-7b --device cuda
-    python benchmarks/latency.py --profile vicuna-7b --device cpu --requests 1 --max-new-tokens 24
+    python benchmarks/latency.py --profile vicuna-7b --device cpu --requests 2 --max-new-tokens 96
+    python benchmarks/latency.py --profile vicuna-7b --grammar-only   # mask cost per step, no model
 """
 
 from __future__ import annotations
@@ -76,6 +77,40 @@ def build(profile: str, device: str, dtype: str | None) -> tuple[ModaVerse, list
     return ModaVerse.from_config(config, tokenizer=big_tokenizer()), [FIX / "image_a.png"]
 
 
+def grammar_step_cost(tokenizer, steps: int = 3000) -> dict:
+    """Microseconds per decoding step spent in the grammar (mask + apply), independent of the model.
+
+    Random logits pick each next token among those the mask allows; a finished document
+    starts a new one. The wrap-up phase is left off, so this is the steady-state cost.
+    """
+    from modaverse import meta
+    from modaverse.constrain import MetaGrammar
+
+    t = time.perf_counter()
+    grammar = MetaGrammar(tokenizer, meta.BUILTIN_CAPABILITIES)
+    compile_s = time.perf_counter() - t
+    gen = torch.Generator().manual_seed(0)
+    spent, done, proc, ids = [], 0, None, []
+    first = 0.0
+    for _ in range(steps):
+        if proc is None:
+            proc, ids = grammar.processor(max_new_tokens=10**9), []
+        scores = torch.randn(1, grammar.vocab_size, generator=gen)
+        t = time.perf_counter()
+        scores = proc(torch.tensor([ids], dtype=torch.long), scores)
+        spent.append(time.perf_counter() - t)
+        first = first or spent[-1]
+        tok = int(torch.multinomial(torch.softmax(scores, -1), 1, generator=gen))
+        if tok == tokenizer.eos_token_id:
+            proc, done = None, done + 1
+        else:
+            ids.append(tok)
+    spent.sort()
+    return {"vocab": grammar.vocab_size, "compile_s": compile_s, "steps": steps, "documents": done,
+            "us_per_step": statistics.mean(spent) * 1e6, "us_per_step_p50": spent[steps // 2] * 1e6,
+            "us_per_step_p99": spent[steps * 99 // 100] * 1e6, "us_first_step": first * 1e6}
+
+
 def run(pipe: ModaVerse, inputs: list[Path], constrained: bool, requests: int, max_new_tokens: int) -> dict:
     kwargs = dict(constrained=constrained, max_new_tokens=max_new_tokens, temperature=1.0)
     pipe("Describe these and make a matching picture.", inputs, seed=0, **kwargs)  # warm-up
@@ -99,9 +134,17 @@ def main() -> None:
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="LLM dtype (default: profile's)")
     p.add_argument("--requests", type=int, default=20)
     p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--grammar-only", action="store_true",
+                   help="measure only the grammar's per-step cost with the profile's tokenizer (no model)")
     p.add_argument("--out", type=Path, help="JSON results (default: benchmarks/results/latency-PROFILE-DEVICE.json)")
     args = p.parse_args()
     torch.manual_seed(0)
+    if args.grammar_only:
+        from modaverse.llm import tiny_tokenizer
+
+        cost = grammar_step_cost(big_tokenizer() if args.profile == "vicuna-7b" else tiny_tokenizer())
+        print(json.dumps(cost))
+        return
     t = time.perf_counter()
     pipe, inputs = build(args.profile, args.device, args.dtype)
     print(f"built {args.profile} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
@@ -113,6 +156,7 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         "results": results,
+        "grammar": grammar_step_cost(pipe.llm.tokenizer),
     }
     out = args.out or ROOT / "benchmarks" / "results" / f"latency-{args.profile}-{args.device.split(':')[0]}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -122,6 +166,10 @@ def main() -> None:
     for r in results:
         cells = " | ".join(f"{r['median_s'][s] * 1000:.1f}" for s in STAGES)
         print(f"| {'on' if r['constrained'] else 'off'} | {cells} | {r['decode_tokens_per_s']:.1f} |")
+    g = doc["grammar"]
+    print(f"grammar alone: {g['us_per_step']:.0f} us/step (p50 {g['us_per_step_p50']:.0f}, "
+          f"p99 {g['us_per_step_p99']:.0f}) over a {g['vocab']}-token vocabulary "
+          f"(compiled in {g['compile_s'] * 1000:.0f} ms)")
     print(f"wrote {out}", file=sys.stderr)
 
 

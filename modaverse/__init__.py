@@ -7,6 +7,8 @@ The public API is small and imported lazily, so ``modaverse --help`` does not pa
 - :class:`Encoder` - files -> ImageBind embeddings
 - :class:`ImageBind` - the native, checkpoint-compatible encoder module
 - :class:`Adaptors` - embeddings -> LLM soft tokens
+- :class:`ModaVerse` - the assistant: instruction + inputs -> :class:`Turn`
+- :class:`MetaResponse` - the validated reply + invocations the LLM emits
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ _EXPORTS = {
     "Encoder": "modaverse.encoder",
     "ImageBind": "modaverse.imagebind.model",
     "Adaptors": "modaverse.adaptors",
+    "ModaVerse": "modaverse.pipeline",
+    "Turn": "modaverse.pipeline",
+    "MetaResponse": "modaverse.meta",
 }
 
 if TYPE_CHECKING:
@@ -31,8 +36,11 @@ if TYPE_CHECKING:
     from modaverse.encoder import Encoder
     from modaverse.imagebind.model import ImageBind
     from modaverse.media import load_media
+    from modaverse.meta import MetaResponse
+    from modaverse.pipeline import ModaVerse, Turn
 
-__all__ = ["Adaptors", "Config", "Encoder", "ImageBind", "__version__", "load_config", "load_media"]
+__all__ = ["Adaptors", "Config", "Encoder", "ImageBind", "MetaResponse", "ModaVerse", "Turn", "__version__",
+           "load_config", "load_media"]
 
 
 def __getattr__(name: str):

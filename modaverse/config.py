@@ -115,11 +115,15 @@ class PromptConfig(_Strict):
     max_context: int | None = Field(None, ge=32, description="token budget of a request; null = the model's maximum")
 
 
+#: The smallest decoding budget: room for a short reply after the grammar's wrap-up phase.
+MIN_NEW_TOKENS = 96
+
+
 class GenerationConfig(_Strict):
     """Decoding settings (``generation:``)."""
 
     constrained: bool = Field(True, description="decode under the meta-response grammar (always valid JSON)")
-    max_new_tokens: int = Field(512, ge=96, description="cap on generated tokens (the grammar closes the JSON in time)")
+    max_new_tokens: int = Field(512, ge=MIN_NEW_TOKENS, description="cap on generated tokens (the grammar closes the JSON in time)")
     temperature: float = Field(0.0, ge=0, le=5, description="0 = greedy; above 0 samples")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass (when sampling)")
     seed: int | None = Field(None, description="sampling seed; null = the config's global seed")

@@ -22,6 +22,7 @@ import json
 from collections.abc import Sequence
 from functools import cached_property
 
+import numpy as np
 import torch
 from transformers import LogitsProcessor
 
@@ -97,12 +98,18 @@ class MetaConstraint(LogitsProcessor):
             self._scan(self.grammar.token_texts[tok] if tok < len(self.grammar.token_texts) else "")
         self._consumed += len(new)
         self._llt.fill_next_token_bitmask(self.matcher, self.bitmask, 0)
-        self._llt.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device))
+        scores.masked_fill_(~self._allowed().to(scores.device), float("-inf"))
         if self.max_new_tokens - self._consumed <= WRAP_UP_TOKENS:
             closing = self.grammar.closing_masks[0 if self._in_string else 1].to(scores.device)
             if torch.isfinite(scores[0, closing]).any():
                 scores[0, ~closing] = float("-inf")
         return scores
+
+    def _allowed(self) -> torch.Tensor:
+        """The bitmask as booleans. llguidance's own apply helper is a torch.compile kernel, whose
+        first call compiles C++ for seconds (and needs a compiler); unpacking bits is microseconds."""
+        bits = np.unpackbits(self.bitmask.numpy().view(np.uint8), bitorder="little")
+        return torch.from_numpy(bits[: self.grammar.vocab_size].astype(bool))
 
     def _scan(self, text: str) -> None:
         """Tracks whether decoding is inside a JSON string (only ASCII quotes and backslashes matter)."""

@@ -26,7 +26,7 @@ import torch
 
 from modaverse import meta
 from modaverse.adaptors import Adaptors
-from modaverse.config import Config, load_config
+from modaverse.config import MIN_NEW_TOKENS, Config, load_config
 from modaverse.encoder import Encoder
 from modaverse.errors import ModaverseError
 from modaverse.llm import DTYPES, LLM, load_llm
@@ -206,7 +206,10 @@ class ModaVerse:
             mods = tuple(i.modality for i in turn.inputs)
             messages += [Message("user", turn.instruction, mods), Message("assistant", turn.meta.to_json())]
             modalities += mods
-            embs.append(turn.embeddings if turn.embeddings is not None else torch.empty(0, self.encoder.dim))
+            if turn.embeddings is None and turn.inputs:  # e.g. a history read back from JSON: encode again
+                turn.embeddings = self.encoder.encode(
+                    [self.encoder.load(i.path, i.modality) for i in turn.inputs])
+            embs.append(turn.embeddings if turn.inputs else torch.empty(0, self.encoder.dim))
         mods = tuple(i.modality for i in items)
         messages.append(Message("user", instruction, mods))
         modalities += mods
@@ -233,6 +236,9 @@ class ModaVerse:
         max_new_tokens = max_new_tokens or gen.max_new_tokens
         temperature = gen.temperature if temperature is None else temperature
         seed = seed if seed is not None else (gen.seed if gen.seed is not None else self.config.seed)
+        if max_new_tokens < MIN_NEW_TOKENS:
+            raise ModaverseError(f"max_new_tokens {max_new_tokens}: must be at least {MIN_NEW_TOKENS} "
+                                 "(room for the reply and for closing the JSON)")
         ready = self.prepare(instruction, inputs, history, reserve=max_new_tokens)
         timings = ready.timings
 

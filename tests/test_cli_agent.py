@@ -52,6 +52,7 @@ def test_generate_errors_are_one_line_and_write_nothing(tmp_path):
         (["generate", "x", "--set", "generation.max_new_tokens=10", "-o", tmp_path / "c"],
          ["generation.max_new_tokens", "greater than or equal to 96"]),
         (["generate", "x", "--temperature", "9", "-o", tmp_path / "d"], ["--temperature 9.0", "between 0 and 5"]),
+        (["generate", "x", "--max-new-tokens", "10", "-o", tmp_path / "f"], ["max_new_tokens 10", "at least 96"]),
         (["generate", "see <media>", "-i", IB / "image_a.png", "-i", IB / "image_b.jpg", "-o", tmp_path / "e"],
          ["1 <media> placeholder(s) but 2 input(s)"]),
     ]

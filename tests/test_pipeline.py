@@ -109,3 +109,13 @@ def test_zoo_capabilities_reach_the_pipeline():
     pipe = ModaVerse.from_config("tiny", ["zoo.image-editing.plugin=instruct-pix2pix"])
     assert "image-editing" in pipe.capabilities
     assert "image-editing" in pipe.prompts.system
+
+
+def test_history_without_stored_embeddings_is_encoded_again(tiny_pipe):
+    """A history rebuilt from saved JSON has paths but no tensors; its media are re-encoded."""
+    first = tiny_pipe("Look at this", [IB / "image_a.png"])
+    stored = first.embeddings
+    first.embeddings = None
+    again = tiny_pipe.prepare("And now?", history=[first])
+    assert [s.media for s in again.prompt.slots] == [(0,)]
+    torch.testing.assert_close(first.embeddings, stored)
