@@ -76,12 +76,9 @@ class MetaConstraint(LogitsProcessor):
 
     def __init__(self, grammar: MetaGrammar, max_new_tokens: int):
         import llguidance
-        import llguidance.torch as llt
 
         self.grammar, self.max_new_tokens = grammar, max_new_tokens
         self.matcher = llguidance.LLMatcher(grammar.ll_tokenizer, grammar.grammar, log_level=0)
-        self.bitmask = llt.allocate_token_bitmask(1, grammar.vocab_size)
-        self._llt = llt
         self._start: int | None = None
         self._consumed = 0
         self._in_string = self._escaped = False
@@ -97,7 +94,6 @@ class MetaConstraint(LogitsProcessor):
                 raise RuntimeError(f"grammar rejected token {tok}: {self.matcher.get_error()}")
             self._scan(self.grammar.token_texts[tok] if tok < len(self.grammar.token_texts) else "")
         self._consumed += len(new)
-        self._llt.fill_next_token_bitmask(self.matcher, self.bitmask, 0)
         scores.masked_fill_(~self._allowed().to(scores.device), float("-inf"))
         if self.max_new_tokens - self._consumed <= WRAP_UP_TOKENS:
             closing = self.grammar.closing_masks[0 if self._in_string else 1].to(scores.device)
@@ -106,9 +102,14 @@ class MetaConstraint(LogitsProcessor):
         return scores
 
     def _allowed(self) -> torch.Tensor:
-        """The bitmask as booleans. llguidance's own apply helper is a torch.compile kernel, whose
-        first call compiles C++ for seconds (and needs a compiler); unpacking bits is microseconds."""
-        bits = np.unpackbits(self.bitmask.numpy().view(np.uint8), bitorder="little")
+        """The grammar's next-token mask as booleans.
+
+        llguidance.torch is not used: importing it pulls in torch's inductor, and its apply
+        helper is a torch.compile kernel whose first call compiles C++ for about 2 s (and needs
+        a compiler). Unpacking the mask's bits with numpy takes microseconds.
+        """
+        mask = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
+        bits = np.unpackbits(mask, bitorder="little")
         return torch.from_numpy(bits[: self.grammar.vocab_size].astype(bool))
 
     def _scan(self, text: str) -> None:
