@@ -100,7 +100,7 @@ class ChatSession:
         self.say("assistant> ", end="")
         try:
             turn = self.pipe(text, self.pending, self.history, on_text=lambda s: self.say(printable(s), end=""),
-                             **self.kwargs)
+                             output_dir=self.out_dir, **self.kwargs)
         finally:
             self.say()
         self.pending = []

@@ -229,7 +229,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     config = _config(args)
     pipe = ModaVerse.from_config(config)
     items = [pipe.encoder.load(f, args.modality) for f in args.inputs]
-    turn = pipe(args.instruction, items, **gen_kwargs)
+    turn = pipe(args.instruction, items, **gen_kwargs, output_dir=None if args.no_render else out_dir)
     doc = {"config": config.name, **turn.to_dict()}
     text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
     try:
@@ -256,6 +256,57 @@ def cmd_chat(args: argparse.Namespace) -> int:
     print("loading models ...", file=sys.stderr, flush=True)
     pipe = ModaVerse.from_config(_config(args))
     return repl(ChatSession(pipe, out_dir, **gen_kwargs))
+
+
+def _param(text: str) -> tuple[str, object]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE, e.g. steps=30")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        return key.strip(), value
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    """Render one prompt with one zoo capability (no LLM involved)."""
+    from model_zoo.zoo import Zoo
+
+    if not args.prompt.strip():
+        raise ModaverseError("the prompt is empty")
+    config = _config(args)
+    zoo = Zoo.from_config(config)
+    if args.capability not in zoo.capabilities:
+        raise ModaverseError(f"no generator is configured for {args.capability!r} "
+                             f"(configured: {', '.join(zoo.capabilities) or 'none'})")
+    inputs = []
+    if args.input:
+        from modaverse.media import load_media
+        from modaverse.media.sniff import check_file
+
+        check_file(Path(args.input))
+        inputs = [load_media(args.input, None, config.media)]
+    out_dir = Path(args.output_dir) if args.output_dir else _default_out_dir("render")
+    files = zoo.render(args.capability, args.prompt, dict(args.params), out_dir, inputs)
+    for f in files:
+        print(f)
+    return 0
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    """List configured capabilities and known plug-ins."""
+    from model_zoo.registry import plugins
+    from model_zoo.zoo import Zoo
+
+    zoo = Zoo.from_config(_config(args))
+    print("| capability | plug-in | model | dtype | device | state |\n|---|---|---|---|---|---|")
+    for row in zoo.status():
+        state = "loaded" if row["loaded"] else "not loaded (loads on first use)"
+        print(f"| {row['capability']} | {row['plugin']} | {row['model']} | {row['dtype']} | {row['device']} | {state} |")
+    print("\nplug-ins: " + ", ".join(f"{name} ({where})" for name, where in sorted(plugins().items())))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -296,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", "-o", metavar="D", help="where response.json goes (default: outputs/generate-TIME)")
     p.add_argument("--json", action="store_true", help="print the response JSON instead of a summary")
     p.add_argument("--force", action="store_true", help="replace an existing D/response.json")
+    p.add_argument("--no-render", action="store_true", help="only the meta-response; do not run the generators")
     _add_generation_args(p)
     p.set_defaults(func=cmd_generate)
 
@@ -306,6 +358,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", "-o", metavar="D", help="where turn responses go (default: outputs/chat-TIME)")
     _add_generation_args(p)
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("render", help="render one prompt with a zoo generator",
+                       description="Run one zoo capability directly: writes the output file(s) and a JSON "
+                       "sidecar each (prompt, parameters, seed, model, time) into the output folder.")
+    p.add_argument("capability", metavar="CAPABILITY", help="e.g. text-to-image; see `modaverse zoo list`")
+    p.add_argument("prompt", metavar="PROMPT")
+    _add_config_args(p)
+    p.add_argument("--output-dir", "-o", metavar="D", help="where files go (default: outputs/render-TIME)")
+    p.add_argument("--param", "-p", dest="params", action="append", default=[], type=_param, metavar="KEY=VALUE",
+                   help="render parameter, e.g. -p steps=30 -p seed=7 (bounded; repeatable)")
+    p.add_argument("--input", "-i", metavar="FILE", help="input image for editing capabilities")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("zoo", help="list the configured generators and known plug-ins",
+                       description="`modaverse zoo list`: each capability's plug-in, model, dtype, device and "
+                       "load state, and every plug-in found (built-in and installed entry points).")
+    p.add_argument("action", choices=["list"])
+    _add_config_args(p)
+    p.set_defaults(func=cmd_zoo)
 
     p = sub.add_parser("inspect", help="summarise an embeddings file",
                        description="Print each embedded file's modality and norm, and their cosine similarities.")

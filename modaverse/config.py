@@ -132,12 +132,23 @@ class GenerationConfig(_Strict):
 class GeneratorConfig(_Strict):
     """One zoo entry (``zoo.<capability>:``)."""
 
-    plugin: str = Field(description="registered plug-in name")
-    model: str | None = Field(None, description="hub id or local folder (from_pretrained)")
+    plugin: str = Field(description="registered plug-in name; see `modaverse zoo list`")
+    model: str | None = Field(None, description="hub id or local folder (from_pretrained); null with arch: tiny")
+    arch: Literal["tiny"] | None = Field(None, description="tiny = random components built from config (offline)")
+    seed: int = Field(0, description="seed for building `arch` components")
     dtype: DType = Field("float16", description="dtype the generator is loaded in")
     device: Device = Field("auto", description="cpu, cuda, cuda:N, mps or auto")
+    offload: Literal["none", "model", "sequential"] = Field(
+        "none", description="diffusers CPU offload: model (whole sub-models) or sequential (layer by layer)")
     scheduler: str | None = Field(None, description="diffusers scheduler class to swap in")
-    defaults: dict[str, Any] = Field(default_factory=dict, description="default render parameters")
+    defaults: dict[str, Any] = Field(default_factory=dict, description="default render parameters (bounded)")
+
+
+class RenderConfig(_Strict):
+    """How the zoo keeps generators in memory (``render:``)."""
+
+    max_resident: int = Field(1, ge=1, description="generators kept loaded at once (least recently used leaves)")
+    memory_budget_gb: float | None = Field(None, gt=0, description="unload least recently used generators above this")
 
 
 class Config(_Strict):
@@ -149,6 +160,7 @@ class Config(_Strict):
     llm: LLMConfig = Field(default_factory=LLMConfig)
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    render: RenderConfig = Field(default_factory=RenderConfig)
     zoo: dict[str, GeneratorConfig] = Field(default_factory=dict)
 
 

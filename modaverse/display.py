@@ -16,9 +16,8 @@ def invocation_lines(turn: Turn) -> list[str]:
         params = inv.params.given()
         extra = "  " + " ".join(f"{k}={v}" for k, v in params.items()) if params else ""
         lines.append(f"  {n}. {inv.capability}: {printable(inv.prompt)!r}{extra}")
-    if turn.invocations and not turn.outputs:
-        lines.append("     (invocations only: rendering needs the model zoo, which this version does not include)")
     lines += [f"  -> {p}" for p in turn.outputs]
+    lines += [f"  ! {e}" for e in turn.errors]
     return lines
 
 

@@ -12,8 +12,6 @@ kwargs with a tokenizer built in code, which is how the offline tiny profile run
 
 from __future__ import annotations
 
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -21,6 +19,7 @@ import torch
 
 from modaverse.config import LLMConfig
 from modaverse.errors import ModaverseError
+from modaverse.quiet import quiet
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -60,21 +59,6 @@ def tiny_tokenizer(vocab_size: int = 512):
 
     return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_tiny_tokenizer_json(vocab_size)),
                                    unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-
-
-@contextmanager
-def _quiet():
-    """Silences library chatter (resize notices, deprecations) that users cannot act on."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            yield
-    finally:
-        hf_logging.set_verbosity(level)
 
 
 @dataclass
@@ -154,7 +138,7 @@ def load_llm(config: LLMConfig, markers: list[str], tokenizer=None) -> LLM:
     if new_ids:
         # New rows start at the mean of the old ones (not random), so untrained markers are harmless.
         torch.manual_seed(config.seed)
-        with _quiet():
+        with quiet():
             model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     model.requires_grad_(False)
     from peft import LoraConfig, get_peft_model
@@ -163,7 +147,7 @@ def load_llm(config: LLMConfig, markers: list[str], tokenizer=None) -> LLM:
     peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                              target_modules=list(lora.targets), task_type="CAUSAL_LM",
                              trainable_token_indices=sorted(marker_ids.values()) or None)
-    with _quiet():
+    with quiet():
         model = get_peft_model(model, peft_config)
     from modaverse.encoder import pick_device
 

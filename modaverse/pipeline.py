@@ -5,8 +5,8 @@ The three stages of the paper in one object, built from a config:
 1. input: files -> ImageBind embeddings (:class:`~modaverse.encoder.Encoder`) -> adaptors;
 2. middle: prompt assembly with soft tokens -> LoRA LLM -> meta-response, decoded under
    the meta-response grammar so it always validates;
-3. output: invocations for the model zoo (rendering arrives with the zoo; until then a
-   turn carries its invocations only).
+3. output: invocations rendered by the model zoo (:mod:`model_zoo`) into files, when an
+   output folder is given; a failing generator is reported in the turn, others still render.
 
 History is a list of earlier turns; each keeps its inputs' embeddings, so earlier media
 stay in the conversation without being re-encoded.
@@ -53,6 +53,7 @@ class Turn:
     constrained: bool
     fallback: str | None = None  # why an unconstrained answer was kept as plain text
     outputs: list[Path] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # invocations that failed to render, with the reason
     trimmed: int = 0  # history turns dropped to fit the context
     timings: dict[str, float] = field(default_factory=dict)
     embeddings: torch.Tensor | None = field(default=None, repr=False)  # ImageBind, [len(inputs), D]
@@ -71,6 +72,7 @@ class Turn:
             "inputs": [{"path": i.path, "modality": i.modality} for i in self.inputs],
             "meta_response": self.meta.as_dict(),
             "outputs": [str(p) for p in self.outputs],
+            "render_errors": self.errors,
             "raw": self.raw,
             "constrained": self.constrained,
             "fallback": self.fallback,
@@ -155,6 +157,9 @@ class ModaVerse:
 
     def __init__(self, config: Config, encoder: Encoder, adaptors: Adaptors, llm: LLM):
         self.config, self.encoder, self.adaptors, self.llm = config, encoder, adaptors, llm
+        from model_zoo.zoo import Zoo
+
+        self.zoo = Zoo.from_config(config)  # builds, does not load: generators load on first use
         self.capabilities = meta.capabilities(config.zoo)
         self.prompts = PromptBuilder(llm.tokenizer, config.prompt, tokens_per_input=config.adaptor.tokens_per_input,
                                      capabilities=self.capabilities, max_context=llm.max_context)
@@ -230,7 +235,8 @@ class ModaVerse:
     def __call__(self, instruction: str, inputs: Sequence[str | os.PathLike | MediaInput] = (),
                  history: Sequence[Turn] = (), *, constrained: bool | None = None,
                  max_new_tokens: int | None = None, temperature: float | None = None, seed: int | None = None,
-                 on_text: Callable[[str], None] | None = None) -> Turn:
+                 on_text: Callable[[str], None] | None = None, output_dir: str | os.PathLike | None = None) -> Turn:
+        """Answers one request; with ``output_dir``, the invocations are rendered there by the zoo."""
         gen = self.config.generation
         constrained = gen.constrained if constrained is None else constrained
         max_new_tokens = max_new_tokens or gen.max_new_tokens
@@ -258,10 +264,17 @@ class ModaVerse:
             fallback = f"not a meta-response ({e}); kept as a plain text reply"
             response = meta.MetaResponse(text=raw.strip()[: meta.MAX_TEXT_CHARS])
         timings["parse"] = time.perf_counter() - t
-        timings["render"] = 0.0
+        t = time.perf_counter()
+        outputs, errors = [], []
+        if output_dir is not None and response.invocations:
+            for res in self.zoo.render_invocations(response.invocations, Path(output_dir), ready.items):
+                outputs += res.files
+                if res.error:
+                    errors.append(f"{res.capability}: {res.error}")
+        timings["render"] = time.perf_counter() - t
         refs = [InputRef(str(i.path), i.modality) for i in ready.items]
-        return Turn(instruction, refs, response, raw, constrained, fallback, [], ready.prompt.trimmed, timings,
-                    ready.embeddings)
+        return Turn(instruction, refs, response, raw, constrained, fallback, outputs, errors, ready.prompt.trimmed,
+                    timings, ready.embeddings)
 
     def _generate(self, inputs_embeds: torch.Tensor, constrained: bool, max_new_tokens: int,
                   temperature: float, seed: int, on_text) -> tuple[str, _Stream]:

@@ -1,0 +1,43 @@
+"""Image editing with InstructPix2Pix: "make it snowy" keeps the input's layout.
+
+Text-to-image re-draws a scene from a caption and loses the input's composition, which
+the ModaVerse paper admits as a failure case (its Fig. 5a). This plug-in edits the turn's
+image input instead. The meta-response still cannot name a file: the image comes from
+the turn's own inputs (the last image attached).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modaverse.errors import ModaverseError
+from model_zoo import tiny
+from model_zoo.base import COMMON_OPTIONS, DiffusersGenerator
+from model_zoo.writers import write_png
+
+
+class InstructPix2Pix(DiffusersGenerator):
+    name = "instruct-pix2pix"
+    pipeline = "StableDiffusionInstructPix2PixPipeline"
+    options = COMMON_OPTIONS | {"image_guidance"}
+
+    def build_tiny(self):
+        from diffusers import StableDiffusionInstructPix2PixPipeline
+
+        tok = tiny.tokenizer()
+        return StableDiffusionInstructPix2PixPipeline(
+            vae=tiny.vae(), text_encoder=tiny.clip_text(tok), tokenizer=tok, unet=tiny.unet2d(in_channels=8),
+            scheduler=tiny.scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+    def render(self, prompt, params, out_dir: Path, inputs=()) -> list[Path]:
+        from PIL import Image
+
+        images = [i for i in inputs if i.modality == "image"]
+        if not images:
+            raise ModaverseError(f"{self.capability} edits an image, but this turn has no image input")
+        source = Image.open(images[-1].path).convert("RGB")
+        kwargs = self.common_kwargs(params)
+        if "image_guidance" in params:
+            kwargs["image_guidance_scale"] = params["image_guidance"]
+        out = self.pipe(prompt=prompt, image=source, **kwargs).images
+        return [write_png(img, out_dir, "edit") for img in out]
