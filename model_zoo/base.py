@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 
 from modaverse.config import GeneratorConfig
-from modaverse.errors import ModaverseError
+from modaverse.errors import ConfigError, ModaverseError
 from modaverse.media import MediaInput
 from modaverse.quiet import quiet
 
@@ -66,6 +66,11 @@ class DiffusersGenerator:
         if config.model is None and config.arch is None:
             raise ModaverseError(f"zoo.{capability}: give a model (hub id or folder) or arch: tiny")
         self.capability, self.config = capability, config
+        if config.scheduler:  # checked now, not at the first render in the middle of a chat
+            import diffusers
+
+            if not hasattr(getattr(diffusers, config.scheduler, None), "from_config"):
+                raise ConfigError(f"zoo.{capability}.scheduler: {config.scheduler!r} is not a diffusers scheduler class")
         self.pipe = None
         self.device = None
 
@@ -106,6 +111,9 @@ class DiffusersGenerator:
             if self.config.arch == "tiny":
                 torch.manual_seed(self.config.seed)
                 pipe = self.build_tiny()
+                for component in pipe.components.values():  # built modules start in training mode
+                    if isinstance(component, torch.nn.Module):
+                        component.eval()
                 if dtype != torch.float32:
                     pipe.to(dtype=dtype)
             else:
@@ -113,11 +121,7 @@ class DiffusersGenerator:
         if self.config.scheduler:
             import diffusers
 
-            cls = getattr(diffusers, self.config.scheduler, None)
-            if cls is None or not hasattr(cls, "from_config"):
-                raise ModaverseError(f"zoo.{self.capability}.scheduler: {self.config.scheduler!r} is not a "
-                                     "diffusers scheduler class")
-            pipe.scheduler = cls.from_config(pipe.scheduler.config)
+            pipe.scheduler = getattr(diffusers, self.config.scheduler).from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
         if self.config.offload == "model":
             pipe.enable_model_cpu_offload(device=self.device)

@@ -7,11 +7,13 @@ import sys
 from pathlib import Path
 
 from modaverse import meta
+from modaverse.config import load_config
 
 from . import media_factory as mf
 from .conftest import IB, run_cli
 from .test_cli import _one_line_error
 
+TINY_CAPS = meta.capabilities(load_config("tiny").zoo)
 THREE = ["-i", IB / "image_a.png", "-i", IB / "audio_44k.wav", "-i", IB / "video.mp4"]
 
 
@@ -20,9 +22,12 @@ def test_generate_with_image_audio_and_video(tmp_path):
     r = run_cli("generate", "What connects these three?", *THREE, "--output-dir", out)
     assert r.returncode == 0, r.stderr
     doc = json.loads((out / "response.json").read_text())
-    meta.validate(doc["meta_response"])
+    meta.validate(doc["meta_response"], TINY_CAPS)
     assert [i["modality"] for i in doc["inputs"]] == ["image", "audio", "video"]
-    assert doc["config"] == "tiny" and doc["constrained"] is True and doc["outputs"] == []
+    assert doc["config"] == "tiny" and doc["constrained"] is True
+    rendered = [Path(p) for p in doc["outputs"]]  # every invocation rendered or reported
+    assert len(rendered) + len(doc["render_errors"]) >= len(doc["meta_response"]["invocations"])
+    assert all(p.parent == out and p.exists() for p in rendered)
     assert r.stdout.startswith("reply: ") and f"wrote {out / 'response.json'}" in r.stdout
     # --json prints exactly what was written; an existing response is never overwritten silently
     before = (out / "response.json").read_bytes()
@@ -90,7 +95,7 @@ def test_chat_over_stdin_with_attachments_commands_and_errors(tmp_path):
     assert [i["modality"] for i in talk["turns"][0]["inputs"]] == ["image"]
     assert [i["modality"] for i in talk["turns"][1]["inputs"]] == ["audio"]  # attachments go with one message
     for n in (1, 2):
-        meta.validate(json.loads((tmp_path / "session" / f"turn-00{n}.json").read_text())["meta_response"])
+        meta.validate(json.loads((tmp_path / "session" / f"turn-00{n}.json").read_text())["meta_response"], TINY_CAPS)
     assert "never sent" not in out and "Traceback" not in r.stderr
 
 

@@ -19,7 +19,7 @@ def test_image_audio_and_video_together(tiny_pipe):
     assert [i.modality for i in turn.inputs] == ["image", "audio", "video"]
     assert turn.embeddings.shape == (3, tiny_pipe.encoder.dim)
     doc = json.loads(json.dumps(turn.to_dict()))
-    meta.validate(doc["meta_response"])
+    meta.validate(doc["meta_response"], tiny_pipe.capabilities)
     assert set(doc["timings"]) >= {"encode", "project", "prefill", "decode", "parse", "render"}
 
 
