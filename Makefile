@@ -21,7 +21,8 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 # The main job on the offline tiny profile: an image, an audio clip and a video in one request.
-# The tiny models are random, so the reply is gibberish, but it is always a valid meta-response.
+# The tiny models are random, so the reply is gibberish, but it is always a valid meta-response,
+# and its invocations are rendered by the tiny generators into demo-out/.
 demo: setup
 	$(BIN)/modaverse generate "What do <media>, <media> and <media> have in common? Draw it." \
 		-i $(FIX)/image_a.png -i $(FIX)/audio_44k.wav -i $(FIX)/video.mp4 --output-dir demo-out --force
@@ -35,6 +36,7 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/embed.py
 	$(BIN)/python benchmarks/latency.py
+	$(BIN)/python benchmarks/zoo.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

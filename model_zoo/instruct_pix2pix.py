@@ -19,7 +19,7 @@ from model_zoo.writers import write_png
 class InstructPix2Pix(DiffusersGenerator):
     name = "instruct-pix2pix"
     pipeline = "StableDiffusionInstructPix2PixPipeline"
-    options = COMMON_OPTIONS | {"image_guidance"}
+    options = COMMON_OPTIONS | {"image_guidance", "width", "height"}
 
     def build_tiny(self):
         from diffusers import StableDiffusionInstructPix2PixPipeline
@@ -37,6 +37,11 @@ class InstructPix2Pix(DiffusersGenerator):
             raise ModaverseError(f"{self.capability} edits an image, but this turn has no image input")
         source = Image.open(images[-1].path).convert("RGB")
         kwargs = self.common_kwargs(params)
+        # The pipeline edits at the input's own size; width/height (when given) resize it first.
+        size = (kwargs.pop("width", source.width), kwargs.pop("height", source.height))
+        size = (max(64, size[0] // 8 * 8), max(64, size[1] // 8 * 8))
+        if size != source.size:
+            source = source.resize(size, Image.Resampling.BICUBIC)
         if "image_guidance" in params:
             kwargs["image_guidance_scale"] = params["image_guidance"]
         out = self.pipe(prompt=prompt, image=source, **kwargs).images

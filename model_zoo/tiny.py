@@ -81,7 +81,8 @@ def audioldm_parts(tok):
         projection_dim=8, max_position_embeddings=80, bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
     vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(
-        model_in_dim=8, sampling_rate=16000, upsample_initial_channel=16, upsample_rates=[2, 2],
-        upsample_kernel_sizes=[4, 4], resblock_kernel_sizes=[3, 7], resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]],
+        # upsampling by 160 (AudioLDM's hop at 16 kHz): 100 mel frames per second, as in the real model
+        model_in_dim=8, sampling_rate=16000, upsample_initial_channel=16, upsample_rates=[8, 5, 4],
+        upsample_kernel_sizes=[16, 10, 8], resblock_kernel_sizes=[3, 7], resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]],
         normalize_before=False))
     return unet, vae, text, vocoder
