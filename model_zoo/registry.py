@@ -24,6 +24,7 @@ BUILTIN = {
     "instruct-pix2pix": "model_zoo.instruct_pix2pix:InstructPix2Pix",
     "text-to-video-ms": "model_zoo.text_to_video:TextToVideoMS",
     "audioldm": "model_zoo.audioldm:AudioLDM",
+    "audioldm2": "model_zoo.audioldm:AudioLDM2",
 }
 REQUIRED = ("name", "options", "load", "render", "unload", "memory_bytes")
 

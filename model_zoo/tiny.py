@@ -86,3 +86,83 @@ def audioldm_parts(tok):
         upsample_kernel_sizes=[16, 10, 8], resblock_kernel_sizes=[3, 7], resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]],
         normalize_before=False))
     return unet, vae, text, vocoder
+
+
+def _bpe_parts():
+    import json
+
+    from modaverse.llm import _tiny_tokenizer_json
+
+    model = json.loads(_tiny_tokenizer_json(512))["model"]
+    return model["vocab"], [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+
+
+def roberta_tokenizer():
+    """The in-code BPE as a RobertaTokenizer: AudioLDM 2 checks the class to pick its padding."""
+    from transformers import RobertaTokenizer
+
+    vocab, merges = _bpe_parts()
+    return RobertaTokenizer(vocab=vocab, merges=merges, model_max_length=77, bos_token="<s>", eos_token="</s>",
+                            pad_token="<pad>", unk_token="<unk>")
+
+
+def t5_tokenizer():
+    """The in-code vocabulary as a (unigram) T5Tokenizer, for AudioLDM 2's second text encoder."""
+    from transformers import T5Tokenizer
+
+    vocab, _ = _bpe_parts()
+    pieces = [(piece, -float(len(piece))) for piece in sorted(vocab, key=vocab.get)]
+    return T5Tokenizer(vocab=pieces, model_max_length=77, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                       extra_ids=0)
+
+
+def audioldm2_components() -> dict:
+    """Every component of a tiny AudioLDM 2 (CLAP + T5 + GPT-2 + projection + UNet + VAE + vocoder)."""
+    from diffusers import AudioLDM2ProjectionModel, AudioLDM2UNet2DConditionModel, AutoencoderKL
+    from transformers import (
+        ClapAudioConfig,
+        ClapConfig,
+        ClapFeatureExtractor,
+        ClapModel,
+        ClapTextConfig,
+        GPT2Config,
+        GPT2Model,
+        SpeechT5HifiGan,
+        SpeechT5HifiGanConfig,
+        T5Config,
+        T5EncoderModel,
+    )
+
+    tok, tok2 = roberta_tokenizer(), t5_tokenizer()
+    text = ClapTextConfig(vocab_size=len(tok), hidden_size=8, intermediate_size=37, num_attention_heads=1,
+                          num_hidden_layers=1, projection_dim=8, max_position_embeddings=80,
+                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    audio = ClapAudioConfig(spec_size=8, window_size=4, num_mel_bins=8, intermediate_size=37, depths=[1, 1],
+                            num_attention_heads=[1, 1], num_hidden_layers=1, hidden_size=192, projection_dim=8,
+                            patch_size=2, patch_stride=2, patch_embed_input_channels=4)
+    language_model = GPT2Model(GPT2Config(n_embd=16, n_head=2, n_layer=2, vocab_size=1000, n_ctx=99, n_positions=99))
+    language_model.config.max_new_tokens = 8
+    return {
+        "text_encoder": ClapModel(ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(),
+                                             projection_dim=16)),
+        "text_encoder_2": T5EncoderModel(T5Config(vocab_size=len(tok2), d_model=32, d_ff=37, d_kv=8, num_heads=2,
+                                                  num_layers=2, pad_token_id=tok2.pad_token_id,
+                                                  eos_token_id=tok2.eos_token_id)),
+        "projection_model": AudioLDM2ProjectionModel(text_encoder_dim=16, text_encoder_1_dim=32, langauge_model_dim=16),
+        "language_model": language_model,
+        "tokenizer": tok,
+        "tokenizer_2": tok2,
+        "feature_extractor": ClapFeatureExtractor(feature_size=8, hop_length=7900),
+        "unet": AudioLDM2UNet2DConditionModel(
+            block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8, sample_size=32, in_channels=4,
+            out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=(8, 16)),
+        "vae": AutoencoderKL(block_out_channels=[8, 16], in_channels=1, out_channels=1, latent_channels=4,
+                             down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                             norm_num_groups=8),
+        "scheduler": scheduler(),
+        "vocoder": SpeechT5HifiGan(SpeechT5HifiGanConfig(
+            model_in_dim=8, sampling_rate=16000, upsample_initial_channel=16, upsample_rates=[8, 5, 4],
+            upsample_kernel_sizes=[16, 10, 8], resblock_kernel_sizes=[3, 7],
+            resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]], normalize_before=False)),
+    }

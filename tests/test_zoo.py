@@ -84,15 +84,17 @@ def test_image_editing_uses_the_turns_image(zoo, tmp_path, image_input):
     ("stable-diffusion", "text-to-image", {}),
     ("text-to-video-ms", "text-to-video", {"frames": 3}),
     ("audioldm", "text-to-audio", {}),
+    ("audioldm2", "text-to-audio", {}),
     ("instruct-pix2pix", "image-editing", {}),
 ])
 def test_each_plugin_reloads_from_a_save_pretrained_folder(tmp_path, image_input, plugin, capability, params):
     """The real loading path: from_pretrained on a saved folder gives the same output as the built one."""
-    base = load_config("tiny")
+    base = load_config("tiny", [f"zoo.{capability}.plugin={plugin}"])
     built = Zoo.from_config(base)
     gen = built.acquire(capability)
     gen.pipe.save_pretrained(tmp_path / "saved")
-    swapped = load_config("tiny", [f"zoo.{capability}.model={tmp_path / 'saved'}", f"zoo.{capability}.arch=null"])
+    swapped = load_config("tiny", [f"zoo.{capability}.plugin={plugin}", f"zoo.{capability}.model={tmp_path / 'saved'}",
+                                   f"zoo.{capability}.arch=null"])
     reloaded = Zoo.from_config(swapped)
     assert reloaded.status()[list(reloaded.capabilities).index(capability)]["model"] == str(tmp_path / "saved")
     a = built.render(capability, "a cat", {"seed": 3, **params}, tmp_path / "a", image_input)[0]
