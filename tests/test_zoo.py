@@ -212,6 +212,10 @@ def test_render_command_and_bad_parameters(tmp_path):
     _one_line_error(run_cli("render", "text-to-3d", "a tree", "-o", tmp_path / "x"), "no generator is configured")
     _one_line_error(run_cli("render", "text-to-image", "a tree", "-p", "steps", "-o", tmp_path / "x"),
                     "expected KEY=VALUE")
+    _one_line_error(run_cli("render", "text-to-image", "a tree", "--set", f"zoo.text-to-image.model={tmp_path / 'no'}",
+                            "--set", "zoo.text-to-image.arch=null", "-o", tmp_path / "x"), "no: no such folder")
+    r = run_cli("render", "text-to-video", "waves", "--set", "zoo.text-to-video.defaults.format=webm", "-o", tmp_path)
+    assert r.returncode == 0 and r.stdout.strip().endswith(".webm"), r.stderr
     assert not (tmp_path / "x").exists()
 
 
