@@ -306,6 +306,9 @@ def cmd_zoo(args: argparse.Namespace) -> int:
         state = "loaded" if row["loaded"] else "not loaded (loads on first use)"
         print(f"| {row['capability']} | {row['plugin']} | {row['model']} | {row['dtype']} | {row['device']} | {state} |")
     print("\nplug-ins: " + ", ".join(f"{name} ({where})" for name, where in sorted(plugins().items())))
+    from modaverse.config import list_zoo_presets
+
+    print("presets (--set zoo=NAME): " + ", ".join(list_zoo_presets()))
     return 0
 
 
@@ -413,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("modaverse: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

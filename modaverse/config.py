@@ -161,7 +161,8 @@ class Config(_Strict):
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     render: RenderConfig = Field(default_factory=RenderConfig)
-    zoo: dict[str, GeneratorConfig] = Field(default_factory=dict)
+    zoo: dict[str, GeneratorConfig] = Field(
+        default_factory=dict, description="capability -> generator; or a preset name from configs/zoo/ or a YAML path")
 
 
 #: Dotted keys holding file paths, resolved against the YAML file's folder.
@@ -182,6 +183,35 @@ def _locate(name_or_path: str | os.PathLike) -> Path:
         if packaged.is_file():
             return Path(str(packaged))
     raise ConfigError(f"{name_or_path}: no such config file or packaged config (packaged: {', '.join(list_configs())})")
+
+
+def list_zoo_presets() -> list[str]:
+    root = resources.files("modaverse.configs") / "zoo"
+    return sorted(p.name.removesuffix(".yaml") for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def _expand_zoo(raw: dict, base: Path, origin: str) -> None:
+    """``zoo: NAME`` (a packaged preset in configs/zoo/) or ``zoo: path.yaml`` becomes that mapping."""
+    name = raw.get("zoo")
+    if not isinstance(name, str):
+        return
+    path = (base / name).expanduser()
+    if not (name.endswith((".yaml", ".yml")) and path.is_file()):
+        packaged = resources.files("modaverse.configs") / "zoo" / f"{name}.yaml"
+        if "/" in name or not packaged.is_file():
+            raise ConfigError(f"{origin}: zoo: {name!r} is neither a zoo preset ({', '.join(list_zoo_presets())}) "
+                              "nor a YAML file")
+        path = Path(str(packaged))
+    try:
+        preset = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(preset, dict):
+        raise ConfigError(f"{path}: a zoo preset maps capabilities to generators")
+    for entry in preset.values():  # local model folders in a preset resolve against the preset's folder
+        if isinstance(entry, dict) and isinstance(entry.get("model"), str) and entry["model"].startswith("."):
+            entry["model"] = str((path.parent / entry["model"]).resolve())
+    raw["zoo"] = preset
 
 
 def _resolve_paths(raw: dict, base: Path) -> None:
@@ -241,6 +271,7 @@ def load_config(name_or_path: str | os.PathLike = "tiny", overrides: list[str] =
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     _resolve_paths(raw, path.parent)
+    _expand_zoo(raw, path.parent, str(path))
     try:
         Config.model_validate(raw)
     except ValidationError as e:
@@ -248,6 +279,7 @@ def load_config(name_or_path: str | os.PathLike = "tiny", overrides: list[str] =
     for item in overrides:
         keys, value = parse_override(item)
         _apply(raw, keys, value, item)
+        _expand_zoo(raw, Path.cwd(), f"--set {item}")
         try:
             Config.model_validate(raw)
         except ValidationError as e:

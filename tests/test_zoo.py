@@ -223,3 +223,18 @@ def test_load_plugin_rejects_non_generators():
     assert load_plugin("audioldm").name == "audioldm"
     with pytest.raises(ConfigError, match="unknown plug-in"):
         load_plugin("nope")
+
+
+def test_zoo_presets_by_name_path_and_set(tmp_path):
+    official = load_config("modaverse-7b")
+    assert official.zoo["text-to-audio"].model == "cvssp/audioldm-l-full"
+    assert official.zoo["text-to-video"].defaults["fps"] == 10
+    sdxl = load_config("tiny", ["zoo=sdxl", "zoo.text-to-image.dtype=float32"])
+    assert sdxl.zoo["text-to-audio"].plugin == "audioldm2" and sdxl.zoo["text-to-image"].dtype == "float32"
+    (tmp_path / "sd").mkdir()
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "mine.yaml").write_text("text-to-image: {plugin: stable-diffusion, model: ../sd}\n")
+    (tmp_path / "cfg.yaml").write_text("zoo: presets/mine.yaml\n")
+    assert load_config(tmp_path / "cfg.yaml").zoo["text-to-image"].model == str(tmp_path / "sd")
+    with pytest.raises(ConfigError, match=r"--set zoo=nope: zoo: 'nope' is neither a zoo preset \(official, sdxl"):
+        load_config("tiny", ["zoo=nope"])
