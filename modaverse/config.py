@@ -190,6 +190,16 @@ def list_zoo_presets() -> list[str]:
     return sorted(p.name.removesuffix(".yaml") for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
+def _read_mapping(path: Path, what: str) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: {what}")
+    return raw
+
+
 def _expand_zoo(raw: dict, base: Path, origin: str) -> None:
     """``zoo: NAME`` (a packaged preset in configs/zoo/) or ``zoo: path.yaml`` becomes that mapping."""
     name = raw.get("zoo")
@@ -202,12 +212,7 @@ def _expand_zoo(raw: dict, base: Path, origin: str) -> None:
             raise ConfigError(f"{origin}: zoo: {name!r} is neither a zoo preset ({', '.join(list_zoo_presets())}) "
                               "nor a YAML file")
         path = Path(str(packaged))
-    try:
-        preset = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(preset, dict):
-        raise ConfigError(f"{path}: a zoo preset maps capabilities to generators")
+    preset = _read_mapping(path, "a zoo preset maps capabilities to generators")
     for entry in preset.values():  # local model folders in a preset resolve against the preset's folder
         if isinstance(entry, dict) and isinstance(entry.get("model"), str) and entry["model"].startswith("."):
             entry["model"] = str((path.parent / entry["model"]).resolve())
@@ -264,12 +269,7 @@ def _describe(err: ValidationError, origin: str) -> str:
 def load_config(name_or_path: str | os.PathLike = "tiny", overrides: list[str] = ()) -> Config:
     """Reads a YAML config (name or path), applies ``KEY=VALUE`` overrides, validates."""
     path = _locate(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    raw = _read_mapping(path, "top level must be a mapping of sections")
     _resolve_paths(raw, path.parent)
     _expand_zoo(raw, path.parent, str(path))
     try:
