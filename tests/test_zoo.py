@@ -238,3 +238,32 @@ def test_zoo_presets_by_name_path_and_set(tmp_path):
     assert load_config(tmp_path / "cfg.yaml").zoo["text-to-image"].model == str(tmp_path / "sd")
     with pytest.raises(ConfigError, match=r"--set zoo=nope: zoo: 'nope' is neither a zoo preset \(official, sdxl"):
         load_config("tiny", ["zoo=nope"])
+
+
+def test_sdxl_checkpoints_load_through_the_same_plugin(tmp_path):
+    """A saved SDXL folder (two text encoders, text_time conditioning) is picked up by AutoPipeline."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from model_zoo import tiny
+
+    torch.manual_seed(0)
+    tok = tiny.tokenizer()
+    text = CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                          num_hidden_layers=2, projection_dim=32, max_position_embeddings=77,
+                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    unet = UNet2DConditionModel(
+        block_out_channels=(4, 8), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64,
+        norm_num_groups=2)
+    StableDiffusionXLPipeline(vae=tiny.vae(), text_encoder=CLIPTextModel(text), text_encoder_2=CLIPTextModelWithProjection(text),
+                              tokenizer=tok, tokenizer_2=tok, unet=unet, scheduler=tiny.scheduler()
+                              ).save_pretrained(tmp_path / "sdxl")
+    zoo = Zoo.from_config(load_config("tiny", [f"zoo.text-to-image.model={tmp_path / 'sdxl'}",
+                                               "zoo.text-to-image.arch=null"]))
+    (png,) = zoo.render("text-to-image", "a lighthouse", {"seed": 2}, tmp_path / "out")
+    assert type(zoo.generators["text-to-image"].pipe).__name__ == "StableDiffusionXLPipeline"
+    assert Image.open(png).size == (64, 64)
