@@ -117,12 +117,15 @@ class Zoo:
             self.generators[victim].unload()
             log.info("unloaded %s (least recently used)", victim)
 
-    def acquire(self, capability: str):
-        """The loaded generator for a capability, unloading others as the limits require."""
+    def _generator(self, capability: str):
         if capability not in self.generators:
             raise ModaverseError(f"no generator is configured for {capability!r} "
                                  f"(configured: {', '.join(self.generators) or 'none'}); add zoo.{capability}")
-        gen = self.generators[capability]
+        return self.generators[capability]
+
+    def acquire(self, capability: str):
+        """The loaded generator for a capability, unloading others as the limits require."""
+        gen = self._generator(capability)
         if capability in self._resident:
             self._resident.move_to_end(capability)
             return gen
@@ -140,11 +143,8 @@ class Zoo:
     def render(self, capability: str, prompt: str, params: dict[str, Any], out_dir: Path,
                inputs: Sequence[MediaInput] = (), seed: int | None = None) -> list[Path]:
         """Renders one prompt; writes files and their JSON sidecars. Raises on failure."""
-        gen = self.generators.get(capability)
-        if gen is None:
-            self.acquire(capability)  # raises the "not configured" error
-        merged = {**self.configs[capability].defaults, **params}
-        check_params(capability, gen.options, merged)
+        options = self._generator(capability).options  # raises for an unconfigured capability
+        merged = check_params(capability, options, {**self.configs[capability].defaults, **params})
         merged.setdefault("seed", self.seed if seed is None else seed)
         gen = self.acquire(capability)
         t = time.perf_counter()
