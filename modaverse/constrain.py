@@ -121,7 +121,3 @@ class MetaConstraint(LogitsProcessor):
                 self._escaped = True
             elif c == '"':
                 self._in_string = not self._in_string
-
-    @property
-    def finished(self) -> bool:
-        return self.matcher.is_stopped() or self.matcher.is_accepting()

@@ -18,10 +18,9 @@ from functools import lru_cache
 import torch
 
 from modaverse.config import LLMConfig
+from modaverse.encoder import DTYPES, pick_device
 from modaverse.errors import ModaverseError
 from modaverse.quiet import quiet
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 #: Text the in-code tokenizer is trained on: prose plus meta-responses, so JSON keys merge.
 _TINY_CORPUS = (
@@ -149,7 +148,5 @@ def load_llm(config: LLMConfig, markers: list[str], tokenizer=None) -> LLM:
                              trainable_token_indices=sorted(marker_ids.values()) or None)
     with quiet():
         model = get_peft_model(model, peft_config)
-    from modaverse.encoder import pick_device
-
     model.to(pick_device(config.device)).eval()
     return LLM(model, tokenizer, marker_ids)

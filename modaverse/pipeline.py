@@ -27,9 +27,9 @@ import torch
 from modaverse import meta
 from modaverse.adaptors import Adaptors
 from modaverse.config import MIN_NEW_TOKENS, Config, load_config
-from modaverse.encoder import Encoder
+from modaverse.encoder import DTYPES, Encoder
 from modaverse.errors import ModaverseError
-from modaverse.llm import DTYPES, LLM, load_llm
+from modaverse.llm import LLM, load_llm
 from modaverse.media import MediaInput
 from modaverse.prompt import Message, Prompt, PromptBuilder, assemble_embeddings, marker_tokens
 
@@ -81,13 +81,15 @@ class Turn:
         }
 
 
+_JSON_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
 def text_field_prefix(raw: str) -> str:
     """The decoded part of ``"text"`` in a partial meta-response (for streaming the reply)."""
     head = '{"text":"'
     if not raw.startswith(head):
         return ""
     out, i, s = [], len(head), raw
-    escapes = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
     while i < len(s):
         c = s[i]
         if c == '"':
@@ -107,7 +109,7 @@ def text_field_prefix(raw: str) -> str:
                 break
             i += 6
         else:
-            out.append(escapes.get(s[i + 1], s[i + 1]))
+            out.append(_JSON_ESCAPES.get(s[i + 1], s[i + 1]))
             i += 2
     return "".join(out)
 

@@ -18,13 +18,13 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 
 from modaverse.config import GeneratorConfig
+from modaverse.encoder import DTYPES, pick_device
 from modaverse.errors import ConfigError, ModaverseError
 from modaverse.media import MediaInput
 from modaverse.quiet import quiet
 
 log = logging.getLogger("modaverse")
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 #: Options every plug-in understands (their bounds come from modaverse.meta.RenderParams).
 COMMON_OPTIONS = frozenset({"seed", "steps", "guidance", "negative_prompt"})
 
@@ -99,8 +99,6 @@ class DiffusersGenerator:
     def load(self) -> None:
         if self.pipe is not None:
             return
-        from modaverse.encoder import pick_device
-
         self.device = pick_device(self.config.device)
         dtype = DTYPES[self.config.dtype]
         if self.device.type == "cpu" and dtype == torch.float16:
