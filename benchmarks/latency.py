@@ -45,22 +45,14 @@ VICUNA_7B = {  # Llama-2-7B shapes (lmsys/vicuna-7b-v1.5 config.json)
 
 def big_tokenizer(vocab_size: int = 32000):
     """A byte-level BPE with a Llama-sized vocabulary, trained on the local Python library."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from modaverse.llm import train_bpe, wrap_bpe
 
     cache = ROOT / "benchmarks" / ".cache" / f"bpe-{vocab_size}.json"
     if not cache.exists():
-        files = sorted(str(p) for p in Path(sysconfig.get_paths()["stdlib"]).rglob("*.py"))[:1500]
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-        tok.train_from_iterator((Path(f).read_text(errors="ignore") for f in files), trainer)
+        files = sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py"))[:1500]
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(tok.to_str())
-    return PreTrainedTokenizerFast(tokenizer_file=str(cache), unk_token="<unk>", bos_token="<s>",
-                                   eos_token="</s>", pad_token="<pad>")
+        cache.write_text(train_bpe((f.read_text(errors="ignore") for f in files), vocab_size))
+    return wrap_bpe(cache.read_text())
 
 
 def build(profile: str, device: str, dtype: str | None) -> tuple[ModaVerse, list[Path]]:

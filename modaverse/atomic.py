@@ -5,6 +5,7 @@ A crash, a full disk or Ctrl-C mid-write leaves the earlier file intact, never a
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -23,3 +24,12 @@ def write_atomic(out: Path, write: Callable[[Path], None]) -> None:
 
 def write_text_atomic(out: Path, text: str) -> None:
     write_atomic(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def json_text(doc) -> str:
+    """The project's JSON file form: indented, UTF-8 kept readable, newline-terminated."""
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_json_atomic(out: Path, doc) -> None:
+    write_text_atomic(out, json_text(doc))

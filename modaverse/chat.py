@@ -7,15 +7,14 @@ while the session goes on. Each turn's response is saved as JSON in the session 
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
 from typing import TextIO
 
-from modaverse.atomic import write_text_atomic
+from modaverse.atomic import write_json_atomic
 from modaverse.display import invocation_lines, printable
-from modaverse.errors import ModaverseError
+from modaverse.errors import ModaverseError, one_line
 from modaverse.media import MediaInput
 from modaverse.modality import MODALITIES
 from modaverse.pipeline import ModaVerse, Turn
@@ -91,7 +90,7 @@ class ChatSession:
             raise ModaverseError(f"{path}: already exists; choose a new name (nothing was overwritten)")
         doc = {"config": self.pipe.config.name, "turns": [t.to_dict() for t in self.history]}
         try:
-            write_text_atomic(path, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+            write_json_atomic(path, doc)
         except OSError as e:
             raise ModaverseError(f"{path}: cannot write ({e.strerror})") from None
         self.say(f"saved {len(self.history)} turn(s) to {path}")
@@ -111,7 +110,7 @@ class ChatSession:
             self.say(line)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"turn-{len(self.history):03d}.json"
-        write_text_atomic(path, json.dumps(turn.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        write_json_atomic(path, turn.to_dict())
         self.say(f"  [saved {path}]")
 
 
@@ -143,5 +142,5 @@ def repl(session: ChatSession, stdin: TextIO = sys.stdin) -> int:
         except KeyboardInterrupt:
             session.say("(interrupted)")
         except Exception as e:  # a failed generation must not end the session
-            session.say(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'failed'}")
+            session.say(f"error: {one_line(e)}")
     return 0

@@ -212,7 +212,7 @@ def _default_out_dir(kind: str) -> Path:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """One request: instruction + inputs -> D/response.json (meta-response and outputs)."""
-    from modaverse.atomic import write_text_atomic
+    from modaverse.atomic import json_text, write_text_atomic
     from modaverse.media.sniff import check_file
 
     out_dir = Path(args.output_dir) if args.output_dir else _default_out_dir("generate")
@@ -231,7 +231,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     items = [pipe.encoder.load(f, args.modality) for f in args.inputs]
     turn = pipe(args.instruction, items, **gen_kwargs, output_dir=None if args.no_render else out_dir)
     doc = {"config": config.name, **turn.to_dict()}
-    text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    text = json_text(doc)
     try:
         write_text_atomic(response, text)
     except OSError as e:

@@ -17,6 +17,12 @@ class MediaError(ModaverseError):
         super().__init__(f"{path}: {reason}")
 
 
+def one_line(err: BaseException) -> str:
+    """An unexpected failure (not a ModaverseError) as one line: its type and first message line."""
+    text = str(err).splitlines()[0] if str(err) else "failed"
+    return f"{type(err).__name__}: {text}"
+
+
 class ConfigError(ModaverseError):
     """A config file or override that does not validate; names the file and the key."""
 

@@ -12,6 +12,7 @@ kwargs with a tokenizer built in code, which is how the offline tiny profile run
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -38,8 +39,8 @@ _TINY_CORPUS = (
 )
 
 
-@lru_cache(maxsize=4)
-def _tiny_tokenizer_json(vocab_size: int) -> str:
+def train_bpe(texts: Iterable[str], vocab_size: int) -> str:
+    """A byte-level BPE trained on ``texts``, as tokenizer JSON, with <unk> <s> </s> <pad> as ids 0-3."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -47,17 +48,27 @@ def _tiny_tokenizer_json(vocab_size: int) -> str:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(list(_TINY_CORPUS) * 4, trainer)
+    tok.train_from_iterator(texts, trainer)
     return tok.to_str()
+
+
+def wrap_bpe(tokenizer_json: str):
+    """A ``train_bpe`` result as a transformers tokenizer with its special tokens named."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tokenizer_json), unk_token="<unk>",
+                                   bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+@lru_cache(maxsize=4)
+def tiny_tokenizer_json(vocab_size: int = 512) -> str:
+    return train_bpe(list(_TINY_CORPUS) * 4, vocab_size)
 
 
 def tiny_tokenizer(vocab_size: int = 512):
     """A byte-level BPE tokenizer trained in code on a fixed corpus (deterministic, offline)."""
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_tiny_tokenizer_json(vocab_size)),
-                                   unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    return wrap_bpe(tiny_tokenizer_json(vocab_size))
 
 
 @dataclass

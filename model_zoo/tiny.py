@@ -91,9 +91,9 @@ def audioldm_parts(tok):
 def _bpe_parts():
     import json
 
-    from modaverse.llm import _tiny_tokenizer_json
+    from modaverse.llm import tiny_tokenizer_json
 
-    model = json.loads(_tiny_tokenizer_json(512))["model"]
+    model = json.loads(tiny_tokenizer_json())["model"]
     return model["vocab"], [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
 
 

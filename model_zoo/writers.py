@@ -7,13 +7,12 @@ failed or interrupted render never leaves half a file and never overwrites anoth
 
 from __future__ import annotations
 
-import json
 import uuid
 from pathlib import Path
 
 import numpy as np
 
-from modaverse.atomic import write_atomic, write_text_atomic
+from modaverse.atomic import write_atomic, write_json_atomic
 
 VIDEO_CODECS = {"mp4": ("libx264", "yuv420p"), "webm": ("libvpx-vp9", "yuv420p")}
 
@@ -84,5 +83,5 @@ def write_wav(audio, out_dir: Path, stem: str, sample_rate: int = 16000, fmt: st
 
 def write_sidecar(path: Path, info: dict) -> Path:
     side = path.with_suffix(path.suffix + ".json")
-    write_text_atomic(side, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    write_json_atomic(side, info)
     return side

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from modaverse.config import Config, ConfigError, GeneratorConfig, RenderConfig
-from modaverse.errors import ModaverseError
+from modaverse.errors import ModaverseError, one_line
 from modaverse.media import MediaInput
 from modaverse.meta import MAX_PROMPT_CHARS, Invocation, RenderParams
 from model_zoo.registry import load_plugin
@@ -171,7 +171,7 @@ class Zoo:
             except ModaverseError as e:
                 res.error = str(e)
             except Exception as e:  # a generator's own failure (OOM, bad weights) stays in its result
-                res.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'failed'}"
+                res.error = one_line(e)
             res.seconds = time.perf_counter() - t
             if res.error:
                 log.warning("%s failed: %s", inv.capability, res.error)
