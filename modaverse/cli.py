@@ -278,9 +278,6 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise ModaverseError("the prompt is empty")
     config = _config(args)
     zoo = Zoo.from_config(config)
-    if args.capability not in zoo.capabilities:
-        raise ModaverseError(f"no generator is configured for {args.capability!r} "
-                             f"(configured: {', '.join(zoo.capabilities) or 'none'})")
     inputs = []
     if args.input:
         from modaverse.media import load_media
