@@ -31,11 +31,38 @@ def build_projector(spec: str, in_dim: int, out_dim: int) -> nn.Module:
     raise ValueError(f"unknown projector {spec!r}; use 'linear' or 'mlp<N>x_gelu' (e.g. mlp2x_gelu)")
 
 
+class Standardize(nn.Module):
+    """Per-dimension standardisation with statistics fitted on the training features.
+
+    A random or small encoder can place all inputs of a modality in a narrow cone (cosine
+    0.99 between any two images), so the differences that matter are tiny next to the
+    shared mean. Subtracting the mean and dividing by the spread makes them visible to the
+    projector. The statistics are buffers: fitted once before training, saved with the
+    adaptors, identity until fitted.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def fit(self, x: torch.Tensor) -> None:
+        if len(x) < 2:
+            return
+        x = x.float()
+        self.mean.copy_(x.mean(0))
+        self.std.copy_(x.std(0).clamp_min(1e-6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+
 class Adaptors(nn.Module):
     """``forward(modality, [B, in_dim]) -> [B, tokens_per_input, out_dim]``."""
 
     def __init__(self, modalities: Iterable[str], in_dim: int, out_dim: int,
-                 projector: str = "linear", tokens_per_input: int = 1, shared: bool = False):
+                 projector: str = "linear", tokens_per_input: int = 1, shared: bool = False,
+                 standardize: bool = False):
         super().__init__()
         self.in_dim, self.out_dim, self.tokens = in_dim, out_dim, tokens_per_input
         names = [SHARED] if shared else list(dict.fromkeys(modalities))
@@ -43,10 +70,21 @@ class Adaptors(nn.Module):
             {n: build_projector(projector, in_dim, out_dim * tokens_per_input) for n in names}
         )
         self.modalities = tuple(modalities)
+        self.standardizers = nn.ModuleDict({m: Standardize(in_dim) for m in self.modalities}) if standardize else None
 
     @classmethod
     def from_config(cls, config: AdaptorConfig, modalities: Iterable[str], in_dim: int, out_dim: int) -> Adaptors:
-        return cls(modalities, in_dim, out_dim, config.projector, config.tokens_per_input, config.shared)
+        return cls(modalities, in_dim, out_dim, config.projector, config.tokens_per_input, config.shared,
+                   config.standardize)
+
+    def fit(self, features: torch.Tensor, modalities: Iterable[str]) -> None:
+        """Fits the standardisation statistics (when enabled) on training features, per modality."""
+        if self.standardizers is None:
+            return
+        modalities = list(modalities)
+        for m, std in self.standardizers.items():
+            idx = [i for i, x in enumerate(modalities) if x == m]
+            std.fit(features[idx])
 
     @property
     def shared(self) -> bool:
@@ -55,5 +93,7 @@ class Adaptors(nn.Module):
     def forward(self, modality: str, embeddings: torch.Tensor) -> torch.Tensor:
         if modality not in self.modalities:
             raise KeyError(f"no adaptor for modality {modality!r} (have: {', '.join(self.modalities)})")
+        if self.standardizers is not None:
+            embeddings = self.standardizers[modality](embeddings)
         proj = self.projectors[SHARED if self.shared else modality]
         return proj(embeddings).reshape(embeddings.shape[0], self.tokens, self.out_dim)

@@ -31,10 +31,19 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override any config key, e.g. --set encoder.device=cpu (repeatable)")
 
 
+def _add_checkpoint_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", metavar="D",
+                   help="trained weights: a `modaverse train` run folder or one of its checkpoints "
+                   "(default: the config's `checkpoint`)")
+
+
 def _config(args: argparse.Namespace):
     from modaverse.config import load_config
 
-    return load_config(args.config or "tiny", args.overrides)
+    config = load_config(args.config or "tiny", args.overrides)
+    if getattr(args, "checkpoint", None):
+        config.checkpoint = str(Path(args.checkpoint).resolve())
+    return config
 
 
 def _read_encoder_json(path: str):
@@ -309,6 +318,102 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """One-stage training of adaptors + LoRA; see docs/training.md."""
+    from modaverse.training.recipe import train
+
+    config = _config(args)
+    if args.max_steps is not None:
+        config.train.max_steps = args.max_steps
+    logging.getLogger("modaverse").setLevel(logging.INFO)
+    summary = train(config, output_dir=args.output_dir, resume=args.resume)
+    if summary:
+        print(json.dumps({k: summary[k] for k in ("output", "steps", "last", "seconds")}, ensure_ascii=False))
+        if "eval" in summary:
+            e = summary["eval"]
+            print(f"held-out: capability accuracy {e['capability_accuracy']:.1%}, "
+                  f"prompt exact match {e['prompt_exact_match']:.1%} ({e['items']} items)")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """Training data: synth, validate, import, schema."""
+    from tqdm.auto import tqdm
+
+    if args.action == "schema":
+        from modaverse.data.records import record_schema
+
+        print(json.dumps(record_schema(), indent=2))
+        return 0
+    if args.action == "synth":
+        from modaverse.data.synth import synthesize
+
+        out = Path(args.output)
+        if any((out / f).exists() for f in ("train.jsonl", "test.jsonl")) and not args.force:
+            raise ModaverseError(f"{out}: already holds train.jsonl/test.jsonl; pass --force to replace them")
+        per = max(1, args.per_input)
+        with tqdm(total=-(-args.num // per), unit="input", desc="synth", disable=None, file=sys.stderr,
+                  leave=False) as bar:
+            train, test = synthesize(out, args.num, args.seed, args.test_fraction, per, on_progress=bar.update)
+        count = [sum(1 for _ in open(p)) for p in (train, test)]
+        print(f"wrote {count[0]} training and {count[1]} held-out conversations: {train}, {test}")
+        return 0
+    if args.action == "validate":
+        from modaverse.data.validate import report
+
+        if not Path(args.file).is_file():
+            raise ModaverseError(f"{args.file}: no such file")
+        lines, counts, good = report(args.file, _config(args), limit=args.limit)
+        for line in lines:
+            print(line)
+        bad = sum(counts.values())
+        detail = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        print(f"{args.file}: {good} record(s) ok, {bad} bad" + (f" ({detail})" if bad else ""))
+        return 1 if bad else 0
+    # import
+    from modaverse.atomic import write_text_atomic
+    from modaverse.data.importers import convert
+    from modaverse.data.records import record_line
+
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise ModaverseError(f"{out}: already exists; pass --force to replace it")
+    kept, skipped = [], 0
+    for index, record, reason in convert(args.format, args.source, out, args.media_root):
+        if record is None:
+            skipped += 1
+            if skipped <= args.limit:
+                print(f"{args.source}[{index}]: skipped: {reason}", file=sys.stderr)
+            continue
+        kept.append(record_line(record))
+    write_text_atomic(out, "".join(line + "\n" for line in kept))
+    print(f"wrote {len(kept)} record(s) to {out}; skipped {skipped}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Benchmarks; `invocations` scores capability choice and prompt match on a JSONL file."""
+    from modaverse.evaluate import evaluate_invocations
+
+    if not Path(args.data).is_file():
+        raise ModaverseError(f"{args.data}: no such file")
+    result = evaluate_invocations(_config(args), args.data, limit=args.limit)
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_import_checkpoint(args: argparse.Namespace) -> int:
+    """Convert the official ModaVerse-7b-v0 checkpoint into our checkpoint format."""
+    from modaverse.official import import_checkpoint
+
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise ModaverseError(f"{out}: already exists; pass --force to replace it")
+    report = import_checkpoint(args.source, out, _config(args))
+    print(report)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="modaverse",
@@ -348,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the response JSON instead of a summary")
     p.add_argument("--force", action="store_true", help="replace an existing D/response.json")
     p.add_argument("--no-render", action="store_true", help="only the meta-response; do not run the generators")
+    _add_checkpoint_arg(p)
     _add_generation_args(p)
     p.set_defaults(func=cmd_generate)
 
@@ -356,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "/help, /quit. Each turn's response is saved as JSON in the output folder.")
     _add_config_args(p)
     p.add_argument("--output-dir", "-o", metavar="D", help="where turn responses go (default: outputs/chat-TIME)")
+    _add_checkpoint_arg(p)
     _add_generation_args(p)
     p.set_defaults(func=cmd_chat)
 
@@ -377,6 +484,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list"])
     _add_config_args(p)
     p.set_defaults(func=cmd_zoo)
+
+    p = sub.add_parser("train", help="train adaptors + LoRA on instruction data",
+                       description="One-stage training (adaptors + LoRA, or as `trainable:` says) on the "
+                       "config's train.data. Checkpoints go to OUTPUT_DIR (step-N/ every train.save_every "
+                       "steps, final/ at the end); --resume continues the latest one exactly. For several "
+                       "processes or GPUs: accelerate launch --config_file configs/accelerate/ddp.yaml "
+                       "-m modaverse train ...")
+    _add_config_args(p)
+    p.add_argument("--output-dir", "-o", metavar="D", help="run folder (default: train.output_dir)")
+    p.add_argument("--max-steps", type=_positive_int, metavar="N", help="optimizer steps in total (train.max_steps)")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUTPUT_DIR from its latest checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("data", help="synthesise, validate or import training data",
+                       description="synth: write the synthetic benchmark set (media + train/test JSONL). "
+                       "validate FILE: report bad records with line numbers (exit 1 if any). "
+                       "import FORMAT SRC: convert official / llava / pandagpt JSON to our JSONL. "
+                       "schema: print the JSON Schema of one record.")
+    dsub = p.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=_Parser)
+    q = dsub.add_parser("synth", help="write the synthetic benchmark set")
+    q.add_argument("--output", "-o", required=True, metavar="DIR", help="folder for media/, train.jsonl, test.jsonl")
+    q.add_argument("--num", type=_positive_int, default=3000, metavar="N", help="conversations in all (default 3000)")
+    q.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    q.add_argument("--test-fraction", type=float, default=0.2, metavar="F", help="held-out share (default 0.2)")
+    q.add_argument("--per-input", type=_positive_int, default=1, metavar="K",
+                   help="conversations sharing each media file (default 1)")
+    q.add_argument("--force", action="store_true", help="replace existing train.jsonl/test.jsonl")
+    q.set_defaults(func=cmd_data)
+    q = dsub.add_parser("validate", help="report bad records with line numbers")
+    q.add_argument("file", metavar="FILE")
+    _add_config_args(q)
+    q.add_argument("--limit", type=_positive_int, default=50, help="problems printed at most (default 50)")
+    q.set_defaults(func=cmd_data)
+    q = dsub.add_parser("import", help="convert another project's instruction JSON")
+    q.add_argument("format", choices=["official", "llava", "pandagpt"])
+    q.add_argument("source", metavar="SRC")
+    q.add_argument("--output", "-o", required=True, metavar="OUT.jsonl")
+    q.add_argument("--media-root", metavar="DIR", help="folder media paths are relative to (default: SRC's folder)")
+    q.add_argument("--force", action="store_true", help="replace an existing output")
+    q.add_argument("--limit", type=_positive_int, default=20, help="skipped items reported at most (default 20)")
+    q.set_defaults(func=cmd_data)
+    q = dsub.add_parser("schema", help="print the JSON Schema of a record")
+    q.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("eval", help="evaluate a model",
+                       description="invocations: for each record of --data, answer the conversation up to its "
+                       "last assistant message and compare: capability accuracy and prompt exact match (JSON).")
+    p.add_argument("benchmark", choices=["invocations"])
+    p.add_argument("--data", required=True, metavar="FILE", help="JSONL in the training format")
+    _add_config_args(p)
+    _add_checkpoint_arg(p)
+    p.add_argument("--limit", type=_positive_int, metavar="N", help="score only the first N records")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("import-checkpoint", help="convert the official ModaVerse checkpoint",
+                       description="Convert the official ModaVerse-7b-v0 pytorch_model.pt (adaptor, LoRA, "
+                       "full embed_tokens/lm_head) into a checkpoint folder for --config (default "
+                       "modaverse-7b-official): the shared projection is copied to every modality's "
+                       "adaptor, LoRA keys are renamed (with or without the adapter name), and the six "
+                       "added token rows are kept.")
+    p.add_argument("source", metavar="SRC", help="pytorch_model.pt")
+    p.add_argument("--output", "-o", required=True, metavar="D", help="checkpoint folder to write")
+    _add_config_args(p)
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=cmd_import_checkpoint)
 
     p = sub.add_parser("inspect", help="summarise an embeddings file",
                        description="Print each embedded file's modality and norm, and their cosine similarities.")

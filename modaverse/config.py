@@ -76,6 +76,8 @@ class AdaptorConfig(_Strict):
     projector: str = Field("linear", description="linear, or mlpNx_gelu (LLaVA-style config string)")
     shared: bool = Field(False, description="one projection for all modalities (PandaGPT / official ModaVerse)")
     tokens_per_input: int = Field(1, ge=1, description="soft tokens each input becomes")
+    standardize: bool = Field(
+        False, description="standardise features per modality with statistics fitted on the training set")
 
     @field_validator("projector")
     @classmethod
@@ -151,7 +153,49 @@ class RenderConfig(_Strict):
     memory_budget_gb: float | None = Field(None, gt=0, description="unload least recently used generators above this")
 
 
+class TrainableConfig(_Strict):
+    """Which parts learn (``trainable:``), torchtune-style; the same choice shapes inference.
+
+    The set of trainable tensors is exactly what a checkpoint holds, so a config whose
+    ``trainable`` differs from the run's cannot load that run's checkpoint.
+    """
+
+    adaptor: Literal["full", "frozen"] = Field("full", description="the per-modality projections")
+    llm: Literal["lora", "full", "frozen"] = Field(
+        "lora", description="lora = LoRA adapters (llm.lora); full = every LLM weight; frozen = none")
+    markers: bool = Field(True, description="train the embedding rows of the added marker tokens (lora/frozen)")
+
+
+class TrainConfig(_Strict):
+    """One-stage training of adaptors + LoRA (``train:``); see docs/training.md."""
+
+    data: str | None = Field(None, description="training JSONL (docs/data.md); relative to this file")
+    eval_data: str | None = Field(None, description="held-out JSONL scored by `modaverse eval invocations` at the end")
+    output_dir: str = Field("runs/train", description="checkpoints and logs; relative to the working directory")
+    feature_cache: str | None = Field(
+        None, description="ImageBind feature cache folder; null = $XDG_CACHE_HOME/modaverse/features")
+    epochs: float = Field(1.0, gt=0, description="passes over the data (ignored when max_steps is set)")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps in total; null = from epochs")
+    batch_size: int = Field(8, ge=1, description="conversations per device per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(5e-4, gt=0, description="peak learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps with a linear warm-up")
+    schedule: Literal["linear", "cosine", "constant"] = Field("cosine", description="decay after warm-up")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping; null = off")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast precision (accelerate)")
+    save_every: int | None = Field(None, ge=1, description="checkpoint every N steps (plus one at the end)")
+    keep_last: int = Field(2, ge=1, description="step checkpoints kept on disk")
+    log_every: int = Field(10, ge=1, description="steps between logged metrics")
+    log_with: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list, description="experiment trackers (install modaverse[tracking])")
+    max_length: int | None = Field(None, ge=32, description="token cap per conversation; null = prompt.max_context")
+    seed: int | None = Field(None, description="data order and init seed; null = the global seed")
+
+
 class Config(_Strict):
+    base: str | None = Field(
+        None, description="config this one extends (name or path); its keys apply unless set here")
     name: str = Field("custom", description="profile name, shown in outputs")
     seed: int = Field(0, description="global seed")
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
@@ -161,12 +205,16 @@ class Config(_Strict):
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     render: RenderConfig = Field(default_factory=RenderConfig)
+    trainable: TrainableConfig = Field(default_factory=TrainableConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    checkpoint: str | None = Field(
+        None, description="trained weights (a `modaverse train` run or step folder); null = untrained")
     zoo: dict[str, GeneratorConfig] = Field(
         default_factory=dict, description="capability -> generator; or a preset name from configs/zoo/ or a YAML path")
 
 
 #: Dotted keys holding file paths, resolved against the YAML file's folder.
-PATH_KEYS = ("encoder.weights", "llm.model")
+PATH_KEYS = ("encoder.weights", "llm.model", "checkpoint", "train.data", "train.eval_data", "train.feature_cache")
 
 
 def list_configs() -> list[str]:
@@ -266,12 +314,34 @@ def _describe(err: ValidationError, origin: str) -> str:
     return f"{origin}: {key}: {msg}{more}"
 
 
-def load_config(name_or_path: str | os.PathLike = "tiny", overrides: list[str] = ()) -> Config:
-    """Reads a YAML config (name or path), applies ``KEY=VALUE`` overrides, validates."""
-    path = _locate(name_or_path)
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_layered(path: Path, seen: tuple[Path, ...]) -> dict:
+    """A config file with its ``base:`` chain merged under it; each file's paths resolved against its folder."""
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: base: configs extend each other in a loop")
     raw = _read_mapping(path, "top level must be a mapping of sections")
     _resolve_paths(raw, path.parent)
     _expand_zoo(raw, path.parent, str(path))
+    base = raw.get("base")
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected a config name or path")
+    local = path.parent / base
+    parent = _read_layered(local if local.is_file() else _locate(base), (*seen, path.resolve()))
+    return _merge(parent, raw)
+
+
+def load_config(name_or_path: str | os.PathLike = "tiny", overrides: list[str] = ()) -> Config:
+    """Reads a YAML config (name or path), applies ``KEY=VALUE`` overrides, validates."""
+    path = _locate(name_or_path)
+    raw = _read_layered(path, ())
     try:
         Config.model_validate(raw)
     except ValidationError as e:

@@ -29,3 +29,24 @@ class ConfigError(ModaverseError):
 
 class WeightsError(ModaverseError):
     """A checkpoint that does not match the model it is loaded into."""
+
+
+def key_mismatch(model: dict, file: dict, limit: int = 6) -> list[str]:
+    """What keeps ``file``'s tensors from loading into ``model``'s (both name -> tensor): missing,
+    unexpected and mis-shaped keys, each listed, so a :class:`WeightsError` can name them."""
+
+    def listing(keys: list[str], n: int = limit) -> str:
+        shown = ", ".join(keys[:n])
+        return f"{shown}, ... ({len(keys)} in all)" if len(keys) > n else shown
+
+    missing, unexpected = sorted(set(model) - set(file)), sorted(set(file) - set(model))
+    shapes = [f"{k} {list(file[k].shape)} vs {list(model[k].shape)}" for k in sorted(set(model) & set(file))
+              if tuple(file[k].shape) != tuple(model[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"missing keys: {listing(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys: {listing(unexpected)}")
+    if shapes:
+        parts.append(f"shape mismatch (checkpoint vs model): {listing(shapes, 3)}")
+    return parts

@@ -18,7 +18,7 @@ from functools import lru_cache
 
 import torch
 
-from modaverse.config import LLMConfig
+from modaverse.config import LLMConfig, TrainableConfig
 from modaverse.encoder import DTYPES, pick_device
 from modaverse.errors import ModaverseError
 from modaverse.quiet import quiet
@@ -63,7 +63,9 @@ def wrap_bpe(tokenizer_json: str):
 
 @lru_cache(maxsize=4)
 def tiny_tokenizer_json(vocab_size: int = 512) -> str:
-    return train_bpe(list(_TINY_CORPUS) * 4, vocab_size)
+    from modaverse.data.synth import corpus
+
+    return train_bpe([*_TINY_CORPUS * 4, *corpus()], vocab_size)
 
 
 def tiny_tokenizer(vocab_size: int = 512):
@@ -78,6 +80,8 @@ class LLM:
     model: torch.nn.Module
     tokenizer: object
     marker_ids: dict[str, int]
+    #: For a model built from ``arch``: its in-code tokenizer before markers, saved with checkpoints.
+    tokenizer_json: str | None = None
 
     @property
     def hidden_size(self) -> int:
@@ -132,16 +136,21 @@ def _load_model(config: LLMConfig, tokenizer) -> torch.nn.Module:
     return AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
 
 
-def load_llm(config: LLMConfig, markers: list[str], tokenizer=None) -> LLM:
-    """Loads (or builds) the LM, adds the marker tokens, and wraps it in LoRA.
+def load_llm(config: LLMConfig, markers: list[str], tokenizer=None, trainable: TrainableConfig | None = None) -> LLM:
+    """Loads (or builds) the LM, adds the marker tokens, and wraps it as ``trainable`` says.
 
-    ``tokenizer`` replaces the configured one (a model built from ``arch`` then gets its
-    vocabulary size), e.g. a real-size vocabulary for benchmarks.
+    ``trainable.llm``: ``lora`` wraps the model in LoRA adapters; ``full`` leaves it bare
+    (every weight trains); ``frozen`` leaves it bare too, with only the marker rows
+    trainable when ``trainable.markers`` is on. ``tokenizer`` replaces the configured one
+    (a model built from ``arch`` then gets its vocabulary size), e.g. a real-size
+    vocabulary for benchmarks or the one saved with a checkpoint.
     """
+    trainable = trainable or TrainableConfig()
     tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(config)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     model = _load_model(config, tokenizer)
+    tokenizer_json = tokenizer.backend_tokenizer.to_str() if config.model is None else None
     tokenizer.add_tokens(markers, special_tokens=True)
     marker_ids = {m: tokenizer.convert_tokens_to_ids(m) for m in markers}
     new_ids = sorted(i for i in marker_ids.values() if i >= model.get_input_embeddings().num_embeddings)
@@ -151,13 +160,25 @@ def load_llm(config: LLMConfig, markers: list[str], tokenizer=None) -> LLM:
         with quiet():
             model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     model.requires_grad_(False)
-    from peft import LoraConfig, get_peft_model
+    rows = sorted(marker_ids.values()) if trainable.markers else []
+    peft_config = None
+    if trainable.llm == "lora":
+        from peft import LoraConfig
 
-    lora = config.lora
-    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                             target_modules=list(lora.targets), task_type="CAUSAL_LM",
-                             trainable_token_indices=sorted(marker_ids.values()) or None)
-    with quiet():
-        model = get_peft_model(model, peft_config)
+        lora = config.lora
+        peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                 target_modules=list(lora.targets), task_type="CAUSAL_LM",
+                                 trainable_token_indices=rows or None)
+    elif trainable.llm == "frozen" and rows:
+        from peft import TrainableTokensConfig
+
+        peft_config = TrainableTokensConfig(target_modules=["embed_tokens"], token_indices=rows)
+    elif trainable.llm == "full":
+        model.requires_grad_(True)
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        with quiet():
+            model = get_peft_model(model, peft_config)
     model.to(pick_device(config.device)).eval()
-    return LLM(model, tokenizer, marker_ids)
+    return LLM(model, tokenizer, marker_ids, tokenizer_json)

@@ -122,17 +122,22 @@ def json_schema(caps: Iterable[str] = BUILTIN_CAPABILITIES) -> dict:
     return schema
 
 
+def reason(e: ValidationError) -> str:
+    """A pydantic error as one line: the first problem's dotted location and message, and the count of others."""
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+    if err["type"] == "string_pattern_mismatch":
+        msg = "must be one line with visible text"
+    more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""
+    return f"{loc}: {msg}{more}"
+
+
 def validate(data: object, caps: Iterable[str] = BUILTIN_CAPABILITIES) -> MetaResponse:
     try:
         return MetaResponse.model_validate(data, context={"capabilities": tuple(caps)})
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        if err["type"] == "string_pattern_mismatch":
-            msg = "must be one line with visible text"
-        more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        raise MetaResponseError(f"{loc}: {msg}{more}") from None
+        raise MetaResponseError(reason(e)) from None
 
 
 _FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?```$", re.S)

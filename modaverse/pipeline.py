@@ -29,7 +29,7 @@ from modaverse.adaptors import Adaptors
 from modaverse.config import MIN_NEW_TOKENS, Config, load_config
 from modaverse.encoder import DTYPES, Encoder
 from modaverse.errors import ModaverseError
-from modaverse.llm import LLM, load_llm
+from modaverse.llm import LLM, load_llm, wrap_bpe
 from modaverse.media import MediaInput
 from modaverse.prompt import Message, Prompt, PromptBuilder, assemble_embeddings, marker_tokens
 
@@ -125,6 +125,17 @@ class Prepared:
     timings: dict[str, float]
 
 
+@dataclass
+class Reply:
+    """A decoded meta-response: parsed, raw, and how it was obtained."""
+
+    meta: meta.MetaResponse
+    raw: str
+    constrained: bool
+    fallback: str | None
+    timings: dict[str, float]
+
+
 class _Stream:
     """A transformers streamer: records time to first token and streams the reply text."""
 
@@ -154,6 +165,20 @@ class _Stream:
         pass
 
 
+def build_trainable(config: Config, encoder_dim: int, tokenizer=None) -> tuple[LLM, Adaptors]:
+    """The LLM and adaptors, with ``requires_grad`` set as ``config.trainable`` says.
+
+    Training and inference build them the same way, so a checkpoint's tensors (exactly the
+    trainable ones) always have somewhere to go.
+    """
+    llm = load_llm(config.llm, marker_tokens(config.encoder.modalities, config.prompt.compose), tokenizer,
+                   config.trainable)
+    torch.manual_seed(config.seed)
+    adaptors = Adaptors.from_config(config.adaptor, config.encoder.modalities, encoder_dim, llm.hidden_size)
+    adaptors.to(llm.device, DTYPES[config.llm.dtype]).requires_grad_(config.trainable.adaptor == "full")
+    return llm, adaptors
+
+
 class ModaVerse:
     """The assistant. Build with :meth:`from_config`; call with an instruction and inputs."""
 
@@ -172,11 +197,16 @@ class ModaVerse:
         """Builds every stage a config names; ``tokenizer`` overrides the LLM's own."""
         if not isinstance(config, Config):
             config = load_config(config, list(overrides))
+        from modaverse import checkpoint
+
         encoder = Encoder.from_config(config.encoder, config.media)
-        llm = load_llm(config.llm, marker_tokens(config.encoder.modalities, config.prompt.compose), tokenizer)
-        torch.manual_seed(config.seed)
-        adaptors = Adaptors.from_config(config.adaptor, config.encoder.modalities, encoder.dim, llm.hidden_size)
-        adaptors.to(llm.device, DTYPES[config.llm.dtype]).eval()
+        if config.checkpoint and tokenizer is None and config.llm.model is None:
+            saved = checkpoint.saved_tokenizer(config.checkpoint)
+            tokenizer = wrap_bpe(saved) if saved else None
+        llm, adaptors = build_trainable(config, encoder.dim, tokenizer)
+        if config.checkpoint:
+            checkpoint.load(config.checkpoint, adaptors, llm.model, config)
+        adaptors.eval()
         return cls(config, encoder, adaptors, llm)
 
     @cached_property
@@ -221,40 +251,37 @@ class ModaVerse:
         messages.append(Message("user", instruction, mods))
         modalities += mods
         embs.append(current)
-        prompt = self.prompts.build(messages, reserve=reserve)
-        if prompt.trimmed:
-            log.warning("dropped the %d oldest turn(s) to fit the %d-token context", prompt.trimmed,
-                        self.prompts.max_context)
-
         t = time.perf_counter()
-        skip = prompt.media_offset
-        soft = [None] * skip + self.project(modalities[skip:], torch.cat(embs)[skip:])
-        inputs_embeds = assemble_embeddings(self.llm.embed_tokens, prompt, soft)
+        prompt, inputs_embeds = self.prepare_messages(messages, torch.cat(embs), reserve)
         timings["project"] = time.perf_counter() - t
         return Prepared(items, current, prompt, inputs_embeds, timings)
 
     @torch.inference_mode()
-    def __call__(self, instruction: str, inputs: Sequence[str | os.PathLike | MediaInput] = (),
-                 history: Sequence[Turn] = (), *, constrained: bool | None = None,
-                 max_new_tokens: int | None = None, temperature: float | None = None, seed: int | None = None,
-                 on_text: Callable[[str], None] | None = None, output_dir: str | os.PathLike | None = None) -> Turn:
-        """Answers one request; with ``output_dir``, the invocations are rendered there by the zoo."""
+    def prepare_messages(self, messages: Sequence[Message], embeddings: torch.Tensor,
+                         reserve: int = 0) -> tuple[Prompt, torch.Tensor]:
+        """A conversation whose media are already embedded (``[inputs, D]``, in order) -> prompt + input embeddings."""
+        prompt = self.prompts.build(messages, reserve=reserve)
+        if prompt.trimmed:
+            log.warning("dropped the %d oldest turn(s) to fit the %d-token context", prompt.trimmed,
+                        self.prompts.max_context)
+        modalities = [m for msg in messages for m in msg.modalities]
+        skip = prompt.media_offset
+        soft = [None] * skip + self.project(modalities[skip:], embeddings[skip:])
+        return prompt, assemble_embeddings(self.llm.embed_tokens, prompt, soft)
+
+    @torch.inference_mode()
+    def respond(self, inputs_embeds: torch.Tensor, *, constrained: bool | None = None,
+                max_new_tokens: int | None = None, temperature: float | None = None, seed: int | None = None,
+                on_text: Callable[[str], None] | None = None) -> Reply:
+        """Decodes a prepared prompt into a meta-response (the middle stage on its own)."""
         gen = self.config.generation
         constrained = gen.constrained if constrained is None else constrained
         max_new_tokens = max_new_tokens or gen.max_new_tokens
         temperature = gen.temperature if temperature is None else temperature
         seed = seed if seed is not None else (gen.seed if gen.seed is not None else self.config.seed)
-        if max_new_tokens < MIN_NEW_TOKENS:
-            raise ModaverseError(f"max_new_tokens {max_new_tokens}: must be at least {MIN_NEW_TOKENS} "
-                                 "(room for the reply and for closing the JSON)")
-        ready = self.prepare(instruction, inputs, history, reserve=max_new_tokens)
-        timings = ready.timings
-
-        raw, stream = self._generate(ready.inputs_embeds, constrained, max_new_tokens, temperature, seed, on_text)
-        timings["prefill"] = (stream.first or stream.end_time) - stream.start
-        timings["decode"] = stream.end_time - (stream.first or stream.end_time)
-        timings["new_tokens"] = len(stream.ids)
-
+        raw, stream = self._generate(inputs_embeds, constrained, max_new_tokens, temperature, seed, on_text)
+        timings = {"prefill": (stream.first or stream.end_time) - stream.start,
+                   "decode": stream.end_time - (stream.first or stream.end_time), "new_tokens": len(stream.ids)}
         t = time.perf_counter()
         fallback = None
         try:
@@ -266,6 +293,23 @@ class ModaVerse:
             fallback = f"not a meta-response ({e}); kept as a plain text reply"
             response = meta.MetaResponse(text=raw.strip()[: meta.MAX_TEXT_CHARS])
         timings["parse"] = time.perf_counter() - t
+        return Reply(response, raw, constrained, fallback, timings)
+
+    @torch.inference_mode()
+    def __call__(self, instruction: str, inputs: Sequence[str | os.PathLike | MediaInput] = (),
+                 history: Sequence[Turn] = (), *, constrained: bool | None = None,
+                 max_new_tokens: int | None = None, temperature: float | None = None, seed: int | None = None,
+                 on_text: Callable[[str], None] | None = None, output_dir: str | os.PathLike | None = None) -> Turn:
+        """Answers one request; with ``output_dir``, the invocations are rendered there by the zoo."""
+        max_new_tokens = max_new_tokens or self.config.generation.max_new_tokens
+        if max_new_tokens < MIN_NEW_TOKENS:
+            raise ModaverseError(f"max_new_tokens {max_new_tokens}: must be at least {MIN_NEW_TOKENS} "
+                                 "(room for the reply and for closing the JSON)")
+        ready = self.prepare(instruction, inputs, history, reserve=max_new_tokens)
+        reply = self.respond(ready.inputs_embeds, constrained=constrained, max_new_tokens=max_new_tokens,
+                             temperature=temperature, seed=seed, on_text=on_text)
+        timings = {**ready.timings, **reply.timings}
+        response = reply.meta
         t = time.perf_counter()
         outputs, errors = [], []
         if output_dir is not None and response.invocations:
@@ -275,8 +319,8 @@ class ModaVerse:
                     errors.append(f"{res.capability}: {res.error}")
         timings["render"] = time.perf_counter() - t
         refs = [InputRef(str(i.path), i.modality) for i in ready.items]
-        return Turn(instruction, refs, response, raw, constrained, fallback, outputs, errors, ready.prompt.trimmed,
-                    timings, ready.embeddings)
+        return Turn(instruction, refs, response, reply.raw, reply.constrained, reply.fallback, outputs, errors,
+                    ready.prompt.trimmed, timings, ready.embeddings)
 
     def _generate(self, inputs_embeds: torch.Tensor, constrained: bool, max_new_tokens: int,
                   temperature: float, seed: int, on_text) -> tuple[str, _Stream]:

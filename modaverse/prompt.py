@@ -222,18 +222,26 @@ class PromptBuilder:
         return prompt
 
 
-def assemble_embeddings(embed_tokens, prompt: Prompt, soft_tokens: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``[1, L, H]`` input embeddings: token embeddings with each slot replaced by its media.
+def fill_slots(embeddings: torch.Tensor, prompts: Sequence[Prompt],
+               soft_tokens: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
+    """``[B, L, H]`` token embeddings with every slot of ``prompts[b]`` replaced by its media.
 
-    ``soft_tokens[i]`` is media input ``i``'s projection, ``[tokens_per_input, H]``; a slot
-    over several inputs (``compose: sum``) gets their sum.
+    ``soft_tokens[b][i]`` is example ``b``'s media input ``i`` projected, ``[tokens_per_input, H]``;
+    a slot over several inputs (``compose: sum``) gets their sum. Out of place, so gradients
+    reach both the token embeddings and the projections (training uses the same path).
     """
-    emb = embed_tokens(prompt.input_ids[None])
-    if not prompt.slots:
-        return emb
-    emb = emb.clone()
-    for slot in prompt.slots:
-        value = torch.stack([soft_tokens[i] for i in slot.media]).sum(0)
-        emb[0, slot.position : slot.position + slot.length] = value.to(emb.dtype)
-    return emb
+    rows, cols, values = [], [], []
+    for b, (prompt, soft) in enumerate(zip(prompts, soft_tokens, strict=True)):
+        for slot in prompt.slots:
+            values.append(torch.stack([soft[i] for i in slot.media]).sum(0))
+            rows += [b] * slot.length
+            cols += range(slot.position, slot.position + slot.length)
+    if not values:
+        return embeddings
+    index = (torch.tensor(rows, device=embeddings.device), torch.tensor(cols, device=embeddings.device))
+    return embeddings.index_put(index, torch.cat(values).to(embeddings.device, embeddings.dtype))
 
+
+def assemble_embeddings(embed_tokens, prompt: Prompt, soft_tokens: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``[1, L, H]`` input embeddings of one prompt: token embeddings with its slots filled."""
+    return fill_slots(embed_tokens(prompt.input_ids[None]), [prompt], [soft_tokens])

@@ -41,6 +41,15 @@ def _uint8_frames(frames) -> np.ndarray:
 
 def write_video(frames, out_dir: Path, stem: str, fps: float = 8, fmt: str = "mp4") -> Path:
     """``frames``: [T, H, W, 3] floats in [0, 1] or uint8."""
+    if fmt not in VIDEO_CODECS:
+        raise ValueError(f"unknown video format {fmt!r}; use {' or '.join(VIDEO_CODECS)}")
+    path = new_path(out_dir, stem, fmt)
+    encode_video(path, frames, fps, fmt)
+    return path
+
+
+def encode_video(path: Path, frames, fps: float = 8, fmt: str = "mp4") -> None:
+    """Encodes ``frames`` to exactly ``path``, atomically."""
     import av
 
     if fmt not in VIDEO_CODECS:
@@ -51,7 +60,10 @@ def write_video(frames, out_dir: Path, stem: str, fps: float = 8, fmt: str = "mp
 
     def encode(tmp: Path) -> None:
         with av.open(str(tmp), "w", format=fmt) as container:
-            stream = container.add_stream(codec, rate=round(fps))
+            # One encoder thread (and one lookahead thread): x264's threads make the bytes depend on timing.
+            opts = {"x264-params": "threads=1:lookahead-threads=1"} if codec == "libx264" else {}
+            stream = container.add_stream(codec, rate=round(fps), options=opts)
+            stream.thread_count = 1
             stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
             for frame in arr:
                 for packet in stream.encode(av.VideoFrame.from_ndarray(frame[:h, :w], format="rgb24")):
@@ -59,13 +71,20 @@ def write_video(frames, out_dir: Path, stem: str, fps: float = 8, fmt: str = "mp
             for packet in stream.encode():
                 container.mux(packet)
 
-    path = new_path(out_dir, stem, fmt)
     write_atomic(path, encode)
-    return path
 
 
 def write_wav(audio, out_dir: Path, stem: str, sample_rate: int = 16000, fmt: str = "wav") -> Path:
     """``wav``: peak-normalised 16-bit PCM; ``wav-float``: the generator's float samples as they are."""
+    if fmt not in ("wav", "wav-float"):
+        raise ValueError(f"unknown audio format {fmt!r}; use wav or wav-float")
+    path = new_path(out_dir, stem, "wav")
+    encode_wav(path, audio, sample_rate, fmt)
+    return path
+
+
+def encode_wav(path: Path, audio, sample_rate: int = 16000, fmt: str = "wav") -> None:
+    """Writes exactly ``path``, atomically."""
     import soundfile as sf
 
     data = np.asarray(audio, dtype=np.float32).reshape(-1)
@@ -76,9 +95,7 @@ def write_wav(audio, out_dir: Path, stem: str, sample_rate: int = 16000, fmt: st
         subtype = "FLOAT"
     else:
         raise ValueError(f"unknown audio format {fmt!r}; use wav or wav-float")
-    path = new_path(out_dir, stem, "wav")
     write_atomic(path, lambda tmp: sf.write(str(tmp), data, sample_rate, subtype=subtype, format="WAV"))
-    return path
 
 
 def write_sidecar(path: Path, info: dict) -> Path:

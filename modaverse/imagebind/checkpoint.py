@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from modaverse.errors import WeightsError
+from modaverse.errors import WeightsError, key_mismatch
 from modaverse.imagebind.model import TOWERS, ImageBind, tower_prefixes
 
 OFFICIAL_URL = "https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth"
@@ -101,31 +101,13 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _listing(keys: list[str], limit: int = 6) -> str:
-    shown = ", ".join(keys[:limit])
-    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
-
-
 def load_into(model: ImageBind, state: dict[str, torch.Tensor], source: str) -> None:
     """Strictly loads the built towers' entries of ``state`` (``assign`` keeps meta-built models cheap)."""
     expected = model.state_dict()
     skipped = tower_prefixes(t for t in TOWERS if t not in model.towers)
     wanted = {k: v for k, v in state.items() if not k.startswith(skipped)}
-    missing = sorted(set(expected) - set(wanted))
-    unexpected = sorted(set(wanted) - set(expected))
-    shapes = [
-        f"{k} {list(wanted[k].shape)} vs {list(expected[k].shape)}"
-        for k in sorted(set(wanted) & set(expected))
-        if wanted[k].shape != expected[k].shape
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {_listing(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_listing(unexpected)}")
-        if shapes:
-            parts.append(f"shape mismatch (checkpoint vs model): {_listing(shapes, 3)}")
+    parts = key_mismatch(expected, wanted)
+    if parts:
         raise WeightsError(f"{source}: weights do not match the encoder config; " + "; ".join(parts))
     model.load_state_dict(wanted, strict=True, assign=True)
     model.requires_grad_(False)

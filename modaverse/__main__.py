@@ -1,0 +1,7 @@
+"""``python -m modaverse``, which is also what ``accelerate launch -m modaverse train`` runs."""
+
+import sys
+
+from modaverse.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training data: the JSONL record format, importers, validation and the synthetic set."""

@@ -1,0 +1,100 @@
+"""``modaverse data validate``: every problem of a training file, with its line number.
+
+Three kinds of problem, each reported once per line:
+
+- ``invalid``: not JSON, not a record, or a meta-response that does not validate (unknown
+  capability, multi-line prompt, ...);
+- ``media``: a referenced file is missing or is not the modality it claims;
+- ``too long``: after tokenisation with the config's tokenizer and template, even the last
+  exchange does not fit ``train.max_length`` (earlier turns would be trimmed, which is fine).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from modaverse import meta
+from modaverse.config import Config
+from modaverse.data.records import media_path, read_lines
+from modaverse.errors import MediaError
+
+
+@dataclass(frozen=True)
+class Problem:
+    line: int
+    kind: str  # invalid, media, too long
+    reason: str
+
+
+def prompt_builder(config: Config):
+    """The training prompt builder, with only the tokenizer loaded (no model weights)."""
+    from modaverse import checkpoint
+    from modaverse.llm import _load_tokenizer, wrap_bpe
+    from modaverse.prompt import PromptBuilder, marker_tokens
+
+    saved = checkpoint.saved_tokenizer(config.checkpoint) if config.checkpoint and config.llm.model is None else None
+    tok = wrap_bpe(saved) if saved else _load_tokenizer(config.llm)
+    if tok.pad_token is None:
+        tok.pad_token = tok.unk_token or tok.eos_token
+    tok.add_tokens(marker_tokens(config.encoder.modalities, config.prompt.compose), special_tokens=True)
+    model_max = (config.llm.arch or {}).get("max_position_embeddings")
+    if config.llm.model is not None:
+        from transformers import AutoConfig
+
+        model_max = getattr(AutoConfig.from_pretrained(config.llm.model).get_text_config(),
+                            "max_position_embeddings", None)
+    prompt_cfg = config.prompt.model_copy(update={"max_context": config.train.max_length or config.prompt.max_context})
+    return PromptBuilder(tok, prompt_cfg, tokens_per_input=config.adaptor.tokens_per_input,
+                         capabilities=meta.capabilities(config.zoo), max_context=model_max)
+
+
+def problems(path: str | os.PathLike, config: Config) -> Iterator[Problem | int]:
+    """Yields each problem, and the number of each good line (for counting)."""
+    from modaverse.media import detect_modality
+    from modaverse.media.sniff import check_file
+    from modaverse.prompt import PromptError
+    from modaverse.training.examples import messages, tokenize
+
+    builder = prompt_builder(config)
+    caps = meta.capabilities(config.zoo)
+    for line in read_lines(path, caps):
+        if line.error:
+            yield Problem(line.number, "invalid", line.error)
+            continue
+        mods, bad = [], None
+        for ref in line.record.media():
+            p = media_path(ref, path)
+            if not p.is_file():
+                bad = f"{ref.path}: no such file"
+                break
+            try:  # a labelled file only needs its content to match its extension
+                mods.append(ref.modality if ref.modality and check_file(p) else detect_modality(p))
+            except MediaError as e:
+                bad = f"{ref.path}: {e.reason}"
+                break
+        if bad:
+            yield Problem(line.number, "media", bad)
+            continue
+        try:
+            tokenize(builder, messages(line.record, mods))
+        except PromptError as e:
+            yield Problem(line.number, "too long", str(e))
+            continue
+        yield line.number
+
+
+def report(path: str | os.PathLike, config: Config, limit: int = 50) -> tuple[list[str], Counter, int]:
+    """Report lines (``FILE:LINE: kind: reason``), counts per kind, and the number of good records."""
+    lines, counts, good = [], Counter(), 0
+    for item in problems(path, config):
+        if isinstance(item, int):
+            good += 1
+            continue
+        counts[item.kind] += 1
+        if len(lines) < limit:
+            lines.append(f"{Path(path)}:{item.line}: {item.kind}: {item.reason}")
+    return lines, counts, good

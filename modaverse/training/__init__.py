@@ -1,0 +1,1 @@
+"""One-stage training: tokenised examples, the module accelerate wraps, and the recipe."""

@@ -1,0 +1,188 @@
+"""Training records: schema, synthetic set, importers and `modaverse data validate`, on real files."""
+
+import json
+import re
+import shutil
+
+import pytest
+
+from modaverse.data.records import RecordError, parse_record, read_lines, record_line, record_schema
+from modaverse.data.synth import synthesize
+
+from .conftest import IB, run_cli
+from .test_cli import _one_line_error
+
+GOOD = {"messages": [
+    {"role": "user", "text": "Describe <media>.", "media": [{"path": "a.png"}]},
+    {"role": "assistant", "meta_response": {"text": "A cat.", "invocations": []}}]}
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda r: r["messages"].append({"role": "user", "text": "more"}), "last message must be the assistant"),
+    (lambda r: r["messages"].insert(1, r["messages"][0]), "messages[1] is 'user'"),
+    (lambda r: r["messages"][0].update(text="<media> and <media>"), "2 <media> placeholder(s) but 1 media"),
+    (lambda r: r["messages"][1]["meta_response"].update(
+        invocations=[{"capability": "text-to-smell", "prompt": "x"}]), "unknown capability 'text-to-smell'"),
+    (lambda r: r["messages"][1]["meta_response"].update(
+        invocations=[{"capability": "text-to-image", "prompt": "two\nlines"}]), "one line"),
+    (lambda r: r.update(extra=1), "extra: unknown key"),
+    (lambda r: r["messages"][0]["media"][0].update(modality="smell"), "media.0.modality"),
+])
+def test_bad_records_say_why(change, reason):
+    doc = json.loads(json.dumps(GOOD))
+    change(doc)
+    with pytest.raises(RecordError, match=re.escape(reason)):
+        parse_record(doc)
+
+
+def test_record_round_trip_and_schema():
+    rec = parse_record(GOOD)
+    assert parse_record(json.loads(record_line(rec))) == rec
+    schema = record_schema()
+    assert set(schema["properties"]) == {"id", "messages", "source"}
+    assert "MetaResponse" in schema["$defs"]
+
+
+def test_read_lines_numbers_every_problem(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text(json.dumps(GOOD) + "\n\n{not json\n" + json.dumps({"messages": []}) + "\n")
+    lines = list(read_lines(f))
+    assert [(x.number, x.error is None) for x in lines] == [(1, True), (3, False), (4, False)]
+    assert "invalid JSON" in lines[1].error and "messages" in lines[2].error
+
+
+def test_synth_is_deterministic_and_valid(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    synthesize(a, num=30, seed=3)
+    synthesize(b, num=30, seed=3)
+    for name in ("train.jsonl", "test.jsonl"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+    files = sorted(p.name for p in (a / "media").iterdir())
+    assert files == sorted(p.name for p in (b / "media").iterdir())
+    assert all((a / "media" / f).read_bytes() == (b / "media" / f).read_bytes() for f in files if "video" not in f)
+    import av
+    import numpy as np
+
+    for f in (f for f in files if "video" in f):  # H.264 bits vary run to run; the frames barely do
+        frames = []
+        for root in (a, b):
+            with av.open(str(root / "media" / f)) as c:
+                frames.append(np.stack([x.to_ndarray(format="rgb24") for x in c.decode(video=0)]).astype(float))
+        assert frames[0].shape == frames[1].shape and np.abs(frames[0] - frames[1]).mean() < 1.0
+    train = [json.loads(x) for x in (a / "train.jsonl").read_text().splitlines()]
+    test = [json.loads(x) for x in (a / "test.jsonl").read_text().splitlines()]
+    assert len(train) + len(test) == 30 and len(test) >= 4
+    train_media = {m["path"] for r in train for t in r["messages"] if t["role"] == "user" for m in t["media"]}
+    test_media = {m["path"] for r in test for t in r["messages"] if t["role"] == "user" for m in t["media"]}
+    assert not train_media & test_media  # held-out inputs are new files
+    kinds = {p.split("/")[1].split("-")[0] for p in train_media}
+    assert kinds == {"image", "video", "audio"}
+
+
+def test_data_synth_and_validate_cli(tmp_path):
+    r = run_cli("data", "synth", "--output", tmp_path, "--num", "12", "--seed", "1")
+    assert r.returncode == 0, r.stderr
+    assert "wrote" in r.stdout and (tmp_path / "train.jsonl").is_file()
+    r = run_cli("data", "synth", "--output", tmp_path, "--num", "12")
+    _one_line_error(r, "already holds", "--force")
+    r = run_cli("data", "validate", tmp_path / "train.jsonl")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip().endswith("0 bad")
+
+    # one file with every kind of problem, each reported with its line number
+    lines = (tmp_path / "train.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    missing = json.loads(json.dumps(first))
+    missing["messages"][0] = {"role": "user", "text": "What is <media>?", "media": [{"path": "media/gone.png"}]}
+    wrong = json.loads(json.dumps(first))
+    wrong["messages"][-1]["meta_response"]["invocations"] = [{"capability": "text-to-smell", "prompt": "x"}]
+    long = {"messages": [{"role": "user", "text": "word " * 400}, {"role": "assistant",
+                                                                  "meta_response": {"text": "ok"}}]}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join([lines[0], json.dumps(missing), json.dumps(wrong), "{oops", json.dumps(long)]) + "\n")
+    r = run_cli("data", "validate", bad, "--set", "train.max_length=128")
+    assert r.returncode == 1
+    out = r.stdout.splitlines()
+    assert out[0] == f"{bad}:2: media: media/gone.png: no such file"
+    assert out[1].startswith(f"{bad}:3: invalid: messages.1.meta_response.invocations.0.capability: unknown capability")
+    assert out[2].startswith(f"{bad}:4: invalid: invalid JSON")
+    assert out[3].startswith(f"{bad}:5: too long: ") and "only 128 fit" in out[3]
+    assert out[-1] == f"{bad}: 1 record(s) ok, 4 bad (2 invalid, 1 media, 1 too long)"
+    assert "Traceback" not in r.stderr
+    _one_line_error(run_cli("data", "validate", tmp_path / "nope.jsonl"), "nope.jsonl", "no such file")
+
+
+def _media_root(tmp_path):
+    root = tmp_path / "media"
+    root.mkdir()
+    shutil.copy(IB / "image_a.png", root / "cat.jpg")  # PandaGPT appends .jpg; content is sniffed as PNG
+    shutil.copy(IB / "image_a.png", root / "a.png")
+    shutil.copy(IB / "audio_16k.wav", root / "meow.wav")
+    shutil.copy(IB / "video.mp4", root / "v.mp4")
+    return root
+
+
+def test_import_official(tmp_path):
+    root = _media_root(tmp_path)
+    src = tmp_path / "official.json"
+    src.write_text(json.dumps([
+        {"instruction": "Generate an image of an animal based on the provided vocalization.",
+         "media": {"image": "none", "audio": "meow.wav", "video": "none"},
+         "meta_response": {"modality": "image", "prompt": "A photo of a cat"}},
+        {"instruction": "What happens here?", "media": {"image": "a.png", "video": "v.mp4"},
+         "meta_response": {"modality": "[TEXT]", "prompt": "A clip."}},
+        {"instruction": "x", "media": {}, "meta_response": {"modality": "smell", "prompt": "y"}},
+    ]))
+    out = tmp_path / "out" / "train.jsonl"
+    r = run_cli("data", "import", "official", src, "--output", out, "--media-root", root)
+    assert r.returncode == 0, r.stderr
+    assert "wrote 2 record(s)" in r.stdout and "skipped 1" in r.stdout
+    assert f"{src}[2]: skipped: meta_response.modality 'smell'" in r.stderr
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert recs[0]["messages"][0]["media"] == [{"path": "../media/meow.wav", "modality": "audio"}]
+    assert recs[0]["messages"][1]["meta_response"] == {
+        "text": "", "invocations": [{"capability": "text-to-image", "prompt": "A photo of a cat"}]}
+    assert [m["modality"] for m in recs[1]["messages"][0]["media"]] == ["image", "video"]
+    assert recs[1]["messages"][1]["meta_response"] == {"text": "A clip.", "invocations": []}
+    r = run_cli("data", "validate", out)
+    assert r.returncode == 0, r.stdout
+
+
+def test_import_llava_and_pandagpt(tmp_path):
+    root = _media_root(tmp_path)
+    llava = tmp_path / "llava.json"
+    llava.write_text(json.dumps([
+        {"id": "x1", "image": "a.png", "conversations": [
+            {"from": "human", "value": "What is this?\n<image>"}, {"from": "gpt", "value": "A cat."},
+            {"from": "human", "value": "Which colour?"}, {"from": "gpt", "value": "Grey."}]},
+        {"id": "x2", "conversations": [{"from": "robot", "value": "hi"}]},
+    ]))
+    out = tmp_path / "llava.jsonl"
+    r = run_cli("data", "import", "llava", llava, "--output", out, "--media-root", root)
+    assert r.returncode == 0, r.stderr
+    assert "skipped: conversation[0].from is 'robot'" in r.stderr
+    rec = json.loads(out.read_text().splitlines()[0])
+    assert rec["id"] == "x1" and rec["source"] == "llava"
+    assert rec["messages"][0] == {"role": "user", "text": "What is this?\n<media>",
+                                  "media": [{"path": "media/a.png", "modality": "image"}]}
+    assert rec["messages"][2] == {"role": "user", "text": "Which colour?", "media": []}
+    assert rec["messages"][3]["meta_response"]["text"] == "Grey."
+
+    panda = tmp_path / "panda.json"
+    panda.write_text(json.dumps([{"image_name": "cat", "conversation": [
+        {"from": "human", "value": "Describe it."}, {"from": "gpt", "value": "A cat on a mat."}]}]))
+    out = tmp_path / "panda.jsonl"
+    r = run_cli("data", "import", "pandagpt", panda, "--output", out, "--media-root", root)
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(out.read_text())
+    assert rec["messages"][0]["media"] == [{"path": "media/cat.jpg", "modality": "image"}]
+    assert run_cli("data", "validate", out).returncode == 0
+    _one_line_error(run_cli("data", "import", "pandagpt", panda, "--output", out), "already exists", "--force")
+    _one_line_error(run_cli("data", "import", "llava", tmp_path / "none.json", "--output", tmp_path / "n.jsonl"),
+                    "none.json", "no such file")
+
+
+def test_data_schema_cli():
+    r = run_cli("data", "schema")
+    assert r.returncode == 0
+    assert json.loads(r.stdout)["title"] == "Record"

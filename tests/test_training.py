@@ -1,0 +1,315 @@
+"""Training: examples and labels, the feature cache, checkpoints, resume, DDP, eval, import-checkpoint."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from modaverse import checkpoint
+from modaverse.config import load_config
+from modaverse.data.records import parse_record, read_records
+from modaverse.data.synth import synthesize
+from modaverse.errors import WeightsError
+from modaverse.prompt import Message, PromptBuilder, PromptError
+from modaverse.training.examples import IGNORE, build_examples, messages, tokenize
+
+from .conftest import IB, run_cli
+from .test_cli import _one_line_error
+
+#: A few-second run of the tiny profile: small batches, few steps, its own feature cache.
+FAST = ["train.batch_size=4", "train.log_every=1", "train.lr=3e-3"]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    synthesize(root, num=48, seed=5)
+    return root
+
+
+def _fast(synth, cache, *more):
+    return [*FAST, f"train.data={synth / 'train.jsonl'}", f"train.feature_cache={cache}", *more]
+
+
+def _builder(max_context=None):
+    from modaverse.llm import tiny_tokenizer
+    from modaverse.prompt import marker_tokens
+
+    config = load_config("tiny", [f"prompt.max_context={max_context}"] if max_context else [])
+    tok = tiny_tokenizer()
+    tok.add_tokens(marker_tokens(config.encoder.modalities), special_tokens=True)
+    return PromptBuilder(tok, config.prompt, capabilities=["text-to-image"], max_context=2048), tok
+
+
+def test_labels_fall_exactly_on_assistant_turns():
+    builder, tok = _builder()
+    a1 = '{"text":"A red circle.","invocations":[]}'
+    a2 = '{"text":"Here.","invocations":[{"capability":"text-to-image","prompt":"a red circle"}]}'
+    msgs = [Message("user", "Describe <media>.", ("image",)), Message("assistant", a1),
+            Message("user", "Now draw it."), Message("assistant", a2)]
+    prompt, labels = tokenize(builder, msgs)
+    assert len(prompt.slots) == 1 and labels.shape == prompt.input_ids.shape
+    kept = labels[labels != IGNORE]
+    assert tok.decode(kept) == a1 + tok.eos_token + a2 + tok.eos_token
+    # every labelled position is the token itself (causal LMs shift internally)
+    assert torch.equal(prompt.input_ids[labels != IGNORE], kept)
+    assert (labels[prompt.slots[0].position] == IGNORE).item()
+
+
+def test_long_history_is_trimmed_and_overlong_records_dropped():
+    builder, tok = _builder(max_context=96)
+    turn = [Message("user", "Describe this picture in detail please."), Message("assistant", '{"text":"ok"}')]
+    convs = [(1, turn * 6, [], []), (2, turn, [], []),
+             (3, [Message("user", "word " * 200), Message("assistant", '{"text":"x"}')], [], [])]
+    examples, stats = build_examples(builder, convs)
+    assert stats.records == 3 and stats.examples == 2 and stats.dropped == 1 and stats.dropped_lines == [3]
+    assert stats.trimmed_turns > 0
+    assert all(len(e) <= 96 for e in examples)
+    # the target of the last exchange always survives whole
+    kept = examples[0].labels[examples[0].labels != IGNORE]
+    assert tok.decode(kept).endswith('{"text":"ok"}' + tok.eos_token)
+    with pytest.raises(PromptError):
+        tokenize(builder, convs[2][1])
+
+
+def test_feature_cache_encodes_each_file_once(tmp_path, tiny_pipe):
+    from modaverse.features import FeatureCache, file_key
+
+    a = tmp_path / "a.png"
+    shutil.copy(IB / "image_a.png", a)
+    copy = tmp_path / "same-content.png"
+    shutil.copy(a, copy)
+    items = [(file_key(p, "image"), p, "image") for p in (a, copy)] + [
+        (file_key(IB / "audio_16k.wav", "audio"), IB / "audio_16k.wav", "audio")]
+    assert items[0][0] == items[1][0]  # keyed by content, not name
+    cache = FeatureCache(tmp_path / "cache", "fp")
+    assert cache.ensure(items, tiny_pipe.encoder) == 2
+    again = FeatureCache(tmp_path / "cache", "fp")  # a new run reads the shards from disk
+    assert again.ensure(items, tiny_pipe.encoder) == 0
+    feats = again.get([items[2][0], items[0][0]])
+    direct = tiny_pipe.encoder.encode([tiny_pipe.encoder.load(IB / "audio_16k.wav"), tiny_pipe.encoder.load(a)])
+    torch.testing.assert_close(feats, direct)
+    assert not any(m.training for m in tiny_pipe.encoder.model.modules())
+
+
+def test_checkpoint_round_trip_and_strict_keys(tmp_path):
+    from modaverse.pipeline import build_trainable
+
+    config = load_config("tiny", ["checkpoint=null"])
+    llm, adaptors = build_trainable(config, 32)
+    tensors = checkpoint.trainable_tensors(adaptors, llm.model)
+    with torch.no_grad():
+        for t in tensors.values():
+            t.add_(0.5)
+    checkpoint.save(tmp_path / "ck", tensors, config, step=7, tokenizer_json=llm.tokenizer_json)
+    llm2, adaptors2 = build_trainable(config, 32)
+    manifest = checkpoint.load(tmp_path / "ck", adaptors2, llm2.model, config)
+    assert manifest["step"] == 7 and manifest["structure_hash"] == checkpoint.structure_hash(config)
+    for k, v in checkpoint.trainable_tensors(adaptors2, llm2.model).items():
+        torch.testing.assert_close(v, tensors[k])
+    # a model of another shape: the error names the keys
+    other = load_config("tiny", ["checkpoint=null", "adaptor.projector=linear"])
+    llm3, adaptors3 = build_trainable(other, 32)
+    with pytest.raises(WeightsError, match=r"missing keys: adaptor\.projectors\.audio\.bias.*unexpected keys: "
+                       r"adaptor\.projectors\.audio\.0\.bias"):
+        checkpoint.load(tmp_path / "ck", adaptors3, llm3.model, other)
+    lora = load_config("tiny", ["checkpoint=null", "trainable.llm=lora"])
+    llm4, adaptors4 = build_trainable(lora, 32)
+    with pytest.raises(WeightsError, match="trained with trainable="):
+        checkpoint.load(tmp_path / "ck", adaptors4, llm4.model, lora)
+    with pytest.raises(WeightsError, match="no such checkpoint folder"):
+        checkpoint.resolve(tmp_path / "nowhere")
+
+
+def _weights(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "final" / checkpoint.WEIGHTS))
+
+
+def test_train_learns_saves_and_refuses_to_mix_runs(synth, tmp_path):
+    run = tmp_path / "run"
+    r = run_cli("train", "--config", "tiny-train", "--output-dir", run, "--max-steps", "12",
+                *[f"--set={s}" for s in _fast(synth, tmp_path / "cache", "train.eval_data=null",
+                                              "train.save_every=5")])
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 12 and summary["processes"] == 1 and summary["data"]["dropped"] == 0
+    assert (run / "final" / checkpoint.MANIFEST).is_file() and (run / "config.yaml").is_file()
+    assert sorted(p.name for p in run.glob("step-*")) == ["step-000005", "step-000010"]
+    assert (run / "latest").read_text().strip() == "step-000010"
+    losses = [float(line.split(" loss ")[1].split()[0]) for line in r.stderr.splitlines() if " loss " in line]
+    assert len(losses) == 12 and losses[-1] < losses[0]
+    # the trained tensors really changed and the run's folder loads into the assistant
+    from modaverse.pipeline import ModaVerse
+
+    pipe = ModaVerse.from_config(load_config("tiny-train", [f"checkpoint={run}"]))
+    got = checkpoint.trainable_tensors(pipe.adaptors, pipe.llm.model)
+    saved = _weights(run)
+    assert got.keys() == saved.keys()
+    assert all(torch.equal(got[k], saved[k]) for k in saved)
+    # a second run into the same folder is refused; nothing is touched
+    before = (run / "final" / checkpoint.WEIGHTS).read_bytes()
+    r = run_cli("train", "--config", "tiny-train", "--output-dir", run, "--max-steps", "2",
+                *[f"--set={s}" for s in _fast(synth, tmp_path / "cache")])
+    _one_line_error(r, str(run), "already holds a training run", "--resume")
+    assert (run / "final" / checkpoint.WEIGHTS).read_bytes() == before
+    _one_line_error(run_cli("train", "--config", "tiny-train", "--output-dir", tmp_path / "new", "--resume",
+                            *[f"--set={s}" for s in _fast(synth, tmp_path / "cache")]), "nothing to resume")
+
+
+def test_killed_run_resumes_to_the_same_weights(synth, tmp_path):
+    args = ["--config", "tiny-train", "--max-steps", "150",
+            *[f"--set={s}" for s in _fast(synth, tmp_path / "cache", "train.eval_data=null",
+                                          "train.save_every=10", "train.log_every=50")]]
+    whole = tmp_path / "whole"
+    assert run_cli("train", *args, "--output-dir", whole).returncode == 0
+
+    cut = tmp_path / "cut"
+    exe = Path(sys.executable).parent / "modaverse"
+    proc = subprocess.Popen([str(exe), "train", *args, "--output-dir", str(cut)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while not (cut / "step-000020").is_dir() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "final").exists(), "the run finished before it could be killed"
+    r = run_cli("train", *args, "--output-dir", cut, "--resume")
+    assert r.returncode == 0, r.stderr
+    assert "resumed from" in r.stderr
+    assert json.loads((cut / "summary.json").read_text())["resumed_from_step"] >= 20
+    a, b = _weights(whole), _weights(cut)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_process_ddp_agrees_on_weights(synth, tmp_path):
+    """accelerate launch, two CPU processes over gloo (ACCELERATE_USE_CPU): both end with identical weights."""
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--multi_gpu", "-m", "modaverse", "train",
+           "--config", "tiny-train", "--output-dir", str(run), "--max-steps", "6",
+           *[f"--set={s}" for s in _fast(synth, tmp_path / "cache", "train.eval_data=null")]]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["global_batch"] == 8
+    digests = summary["weights_sha256"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    assert len(_weights(run)) > 0
+
+
+def test_eval_invocations_cli(synth, tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("train", "--config", "tiny-train", "--output-dir", run, "--max-steps", "3",
+                   *[f"--set={s}" for s in _fast(synth, tmp_path / "cache", "train.eval_data=null")]).returncode == 0
+    r = run_cli("eval", "invocations", "--data", synth / "test.jsonl", "--config", "tiny-train",
+                "--checkpoint", run, "--set", f"train.feature_cache={tmp_path / 'cache'}")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    n = len(read_records(synth / "test.jsonl"))
+    assert result["items"] == n
+    assert 0 <= result["prompt_exact_match"] <= result["capability_accuracy"] <= 1
+    assert sum(v["items"] for v in result["per_capability"].values()) == n
+    _one_line_error(run_cli("eval", "invocations", "--data", synth / "test.jsonl", "--checkpoint",
+                            tmp_path / "nothing"), "no such checkpoint folder")
+
+
+def test_shipped_tiny_checkpoint_answers_synthetic_inputs(tmp_path):
+    """The offline default is trained: on new synthetic inputs it picks the right generator and prompt."""
+    from modaverse.evaluate import evaluate_invocations
+
+    root = tmp_path / "held-out"
+    synthesize(root, num=60, seed=1234, test_fraction=0.5)
+    config = load_config("tiny", [f"train.feature_cache={tmp_path / 'cache'}"])
+    assert config.checkpoint and Path(config.checkpoint).is_dir()
+    result = evaluate_invocations(config, root / "test.jsonl", progress=False)
+    assert result["capability_accuracy"] >= 0.95
+    assert result["prompt_exact_match"] >= 0.8
+
+
+def _official_state(config, lora_suffix: str, vocab: int):
+    """A state dict in the official release's layout, for the tiny architecture."""
+    torch.manual_seed(0)
+    h, r, dim = config.llm.arch["hidden_size"], config.llm.lora.r, 32
+    state = {"linear_proj.weight": torch.randn(h, dim), "linear_proj.bias": torch.randn(h)}
+    for layer in range(config.llm.arch["num_hidden_layers"]):
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            base = f"LLM.base_model.model.model.layers.{layer}.self_attn.{proj}"
+            state[f"{base}.lora_A{lora_suffix}.weight"] = torch.randn(r, h)
+            state[f"{base}.lora_B{lora_suffix}.weight"] = torch.randn(h, r)
+    state["LLM.base_model.model.model.embed_tokens.weight"] = torch.randn(vocab + 6, h)
+    state["LLM.base_model.model.lm_head.weight"] = torch.randn(vocab + 6, h)
+    return state
+
+
+OFFICIAL_SET = ["--set", "checkpoint=null", "--set", "trainable.llm=lora", "--set", "adaptor.projector=linear",
+                "--set", "adaptor.standardize=false", "--set", "encoder.modalities=[image,video,audio]"]
+
+
+@pytest.mark.parametrize("suffix", ["", ".default"])
+def test_import_official_checkpoint(tmp_path, suffix):
+    from modaverse.pipeline import ModaVerse
+
+    config = load_config("tiny", [s for s in OFFICIAL_SET if s != "--set"])
+    state = _official_state(config, suffix, 512)
+    src = tmp_path / "pytorch_model.pt"
+    torch.save(state, src)
+    out = tmp_path / "imported"
+    r = run_cli("import-checkpoint", src, "--output", out, *OFFICIAL_SET)
+    assert r.returncode == 0, r.stderr
+    assert "16 LoRA tensors" in r.stdout and "audio, image, video" in r.stdout
+    pipe = ModaVerse.from_config(config.model_copy(update={"checkpoint": str(out)}))
+    for m in ("image", "video", "audio"):
+        proj = pipe.adaptors.projectors[m]
+        assert torch.equal(proj.weight, state["linear_proj.weight"]) and torch.equal(proj.bias, state["linear_proj.bias"])
+    got = dict(pipe.llm.model.named_parameters())
+    key = f"LLM.base_model.model.model.layers.1.self_attn.v_proj.lora_B{suffix}.weight"
+    assert torch.equal(got["base_model.model.model.layers.1.self_attn.v_proj.lora_B.default.weight"], state[key])
+    rows = got["base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta.default"]
+    embed = state["LLM.base_model.model.model.embed_tokens.weight"]
+    ids = sorted(pipe.llm.marker_ids.items(), key=lambda kv: kv[1])
+    for (tok, _), row in zip(ids, rows, strict=True):
+        assert torch.equal(row, embed[-6] if not tok.startswith("</") else embed[-5]), tok
+    from safetensors.torch import load_file
+
+    kept = load_file(str(out / "official_tokens.safetensors"))
+    assert torch.equal(kept["embed_tokens"], embed[-6:])
+    # the imported weights answer through the normal pipeline
+    turn = pipe("Describe <media>.", [IB / "image_a.png"], max_new_tokens=96)
+    assert isinstance(turn.text, str)
+
+
+def test_import_checkpoint_errors_name_the_problem(tmp_path):
+    config = load_config("tiny", [s for s in OFFICIAL_SET if s != "--set"])
+    state = _official_state(config, "", 512)
+    state["LLM.base_model.model.model.layers.0.mlp.gate_proj.weight"] = torch.randn(2, 2)
+    src = tmp_path / "bad.pt"
+    torch.save(state, src)
+    _one_line_error(run_cli("import-checkpoint", src, "--output", tmp_path / "o", *OFFICIAL_SET),
+                    "release keys not understood", "mlp.gate_proj")
+    del state["LLM.base_model.model.model.layers.0.mlp.gate_proj.weight"]
+    del state["LLM.base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"]
+    torch.save(state, src)
+    _one_line_error(run_cli("import-checkpoint", src, "--output", tmp_path / "o", *OFFICIAL_SET),
+                    "nothing in the release for", "layers.0.self_attn.q_proj.lora_A")
+    torch.save({"something": torch.zeros(1)}, src)
+    _one_line_error(run_cli("import-checkpoint", src, "--output", tmp_path / "o", *OFFICIAL_SET),
+                    "not the ModaVerse release layout")
+    assert not (tmp_path / "o").exists()
+
+
+def test_messages_follow_record_media_order():
+    rec = parse_record({"messages": [
+        {"role": "user", "text": "<media> vs <media>", "media": [{"path": "a.png"}, {"path": "b.wav"}]},
+        {"role": "assistant", "meta_response": {"text": "x"}}]})
+    msgs = messages(rec, ["image", "audio"])
+    assert msgs[0].modalities == ("image", "audio") and msgs[1].text == '{"text":"x","invocations":[]}'
