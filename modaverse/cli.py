@@ -355,7 +355,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         with tqdm(total=-(-args.num // per), unit="input", desc="synth", disable=None, file=sys.stderr,
                   leave=False) as bar:
             train, test = synthesize(out, args.num, args.seed, args.test_fraction, per, on_progress=bar.update)
-        count = [sum(1 for _ in open(p)) for p in (train, test)]
+        count = [len(p.read_text().splitlines()) for p in (train, test)]
         print(f"wrote {count[0]} training and {count[1]} held-out conversations: {train}, {test}")
         return 0
     if args.action == "validate":

@@ -43,8 +43,17 @@ def run_cli(*args, cwd=None, env=None, timeout=300):
 
 
 @pytest.fixture(scope="session")
+def random_pipe():
+    """The tiny profile without its trained checkpoint: random weights, for behaviour only an
+    untrained model shows (greedy loops that need the grammar's wrap-up, non-JSON text)."""
+    from modaverse.pipeline import ModaVerse
+
+    return ModaVerse.from_config("tiny", ["checkpoint=null"])
+
+
+@pytest.fixture(scope="session")
 def tiny_pipe():
-    """The offline default profile, built once: tiny ImageBind, tiny Llama with LoRA."""
+    """The offline default profile, built once: tiny ImageBind, tiny Llama, trained checkpoint."""
     from modaverse.pipeline import ModaVerse
 
     return ModaVerse.from_config("tiny")

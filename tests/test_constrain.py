@@ -55,21 +55,21 @@ def test_zoo_capabilities_enter_the_grammar():
     assert _accepts(g, '{"text":"","invocations":[{"capability":"image-editing","prompt":"bluer"}]}')
 
 
-def test_one_hundred_seeds_all_give_schema_valid_meta_responses(tiny_pipe):
+def test_one_hundred_seeds_all_give_schema_valid_meta_responses(random_pipe):
     image = IB / "image_a.png"
     seen = {"invocations": 0, "wrap_up": 0}
     for seed in range(100):
-        turn = tiny_pipe("Show me something like this", [image], temperature=1.0, seed=seed, max_new_tokens=96)
+        turn = random_pipe("Show me something like this", [image], temperature=1.0, seed=seed, max_new_tokens=96)
         assert turn.constrained and turn.fallback is None
-        meta.validate(json.loads(turn.raw), tiny_pipe.capabilities)  # the raw text itself validates
+        meta.validate(json.loads(turn.raw), random_pipe.capabilities)  # the raw text itself validates
         seen["invocations"] += len(turn.invocations)
         seen["wrap_up"] += turn.timings["new_tokens"] > 96 - WRAP_UP_TOKENS
     assert seen["invocations"] > 0  # the grammar lets the model call generators, not only reply
     assert seen["wrap_up"] > 0  # some answers needed the wrap-up to close in time
 
 
-def test_greedy_decoding_that_never_closes_a_string_is_wrapped_up(tiny_pipe):
+def test_greedy_decoding_that_never_closes_a_string_is_wrapped_up(random_pipe):
     """Greedy decoding of the random model loops inside the reply; the wrap-up still closes the JSON."""
-    turn = tiny_pipe("Describe it", [IB / "image_a.png"], temperature=0.0, max_new_tokens=96)
+    turn = random_pipe("Describe it", [IB / "image_a.png"], temperature=0.0, max_new_tokens=96)
     assert turn.timings["new_tokens"] > 96 - WRAP_UP_TOKENS  # it had to wrap up
-    meta.parse(turn.raw, tiny_pipe.capabilities)
+    meta.parse(turn.raw, random_pipe.capabilities)

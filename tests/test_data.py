@@ -104,7 +104,7 @@ def test_data_synth_and_validate_cli(tmp_path):
     assert r.returncode == 1
     out = r.stdout.splitlines()
     assert out[0] == f"{bad}:2: media: media/gone.png: no such file"
-    assert out[1].startswith(f"{bad}:3: invalid: messages.1.meta_response.invocations.0.capability: unknown capability")
+    assert out[1].startswith(f"{bad}:3: invalid: messages.") and "unknown capability 'text-to-smell'" in out[1]
     assert out[2].startswith(f"{bad}:4: invalid: invalid JSON")
     assert out[3].startswith(f"{bad}:5: too long: ") and "only 128 fit" in out[3]
     assert out[-1] == f"{bad}: 1 record(s) ok, 4 bad (2 invalid, 1 media, 1 too long)"

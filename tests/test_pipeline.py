@@ -77,18 +77,18 @@ def test_text_field_prefix_decodes_partial_json():
 
 
 def test_overflowing_history_is_trimmed_with_a_warning(caplog):
-    pipe = ModaVerse.from_config("tiny", ["prompt.max_context=400", "encoder.modalities=[image]"])
+    pipe = ModaVerse.from_config("tiny", ["prompt.max_context=250", "encoder.modalities=[image]", "checkpoint=null"])
     history = []
     with caplog.at_level(logging.WARNING, logger="modaverse"):
-        for _ in range(3):
+        for _ in range(4):
             history.append(pipe("Tell me a long story about this picture please", [IB / "image_a.png"],
                                 history=history, max_new_tokens=96))
     assert any(t.trimmed for t in history)
     assert "dropped the" in caplog.text and "oldest turn" in caplog.text
 
 
-def test_unconstrained_mode_falls_back_to_plain_text_and_says_so(tiny_pipe):
-    turn = tiny_pipe("Hello", constrained=False, temperature=1.0, seed=1, max_new_tokens=96)
+def test_unconstrained_mode_falls_back_to_plain_text_and_says_so(random_pipe):
+    turn = random_pipe("Hello", constrained=False, temperature=1.0, seed=1, max_new_tokens=96)
     assert not turn.constrained
     assert turn.fallback and "kept as a plain text reply" in turn.fallback
     assert turn.invocations == [] and turn.text
@@ -106,7 +106,7 @@ def test_request_errors(tiny_pipe, tmp_path):
 
 
 def test_zoo_capabilities_reach_the_pipeline():
-    pipe = ModaVerse.from_config("tiny", ["zoo.image-editing.plugin=instruct-pix2pix"])
+    pipe = ModaVerse.from_config("tiny", ["zoo.image-editing.plugin=instruct-pix2pix", "prompt.system=null"])
     assert "image-editing" in pipe.capabilities
     assert "image-editing" in pipe.prompts.system
 

@@ -214,7 +214,7 @@ def _records(item: Item, media: str, rng: random.Random, prefix: str, count: int
             follow = rng.choice(list(FOLLOW_UPS))
             _, second = KINDS[follow](item, rng)
             messages += [user(FOLLOW_UPS[follow][0]), second]
-        elif roll > 0.9:  # output-side alignment with no input at all
+        elif roll > 0.75:  # output-side alignment with no input at all
             text, answer = text_only(item, rng)
             messages = [user(text), answer]
         out.append({"id": f"{prefix}-{j}", "messages": messages, "source": "synth"})
