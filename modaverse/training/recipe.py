@@ -108,6 +108,9 @@ def _read_data(config: Config, caps):
     data = config.train.data
     if not data:
         raise ModaverseError("train.data is not set: give a training JSONL (--set train.data=FILE)")
+    if not Path(data).is_file():
+        raise ModaverseError(f"train.data {data}: no such file (relative paths are from the working directory; "
+                             "`modaverse data synth --output DIR` writes the synthetic set)")
     records = read_records(data, caps)
     if not records:
         raise ModaverseError(f"{data}: no records")
