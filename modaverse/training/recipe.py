@@ -159,8 +159,9 @@ def _features(config: Config, convs, acc, bar_off: bool | None):
     per_conv = keys[0]
     unique = list(dict.fromkeys(k for ks in per_conv for k in ks))
     row = {k: i for i, k in enumerate(unique)}
-    fresh = FeatureCache.for_config(config)  # other processes read the shards the main one wrote
-    table = fresh.get(unique) if unique else torch.empty(0, 1)
+    if not acc.is_main_process:  # its index predates the shards the main process wrote
+        cache = FeatureCache.for_config(config)
+    table = cache.get(unique) if unique else torch.empty(0, 1)
     return table, [[row[k] for k in ks] for ks in per_conv]
 
 
