@@ -29,15 +29,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def _examples(config, data: Path, tokenizer=None):
-    from modaverse import meta
     from modaverse.data.records import read_records
     from modaverse.pipeline import build_trainable
-    from modaverse.prompt import PromptBuilder
-    from modaverse.training.examples import build_examples, messages, resolve_media
+    from modaverse.training.examples import build_examples, messages, resolve_media, training_builder
 
     llm, adaptors = build_trainable(config, config.encoder.imagebind_config().out_embed_dim, tokenizer)
-    builder = PromptBuilder(llm.tokenizer, config.prompt, tokens_per_input=config.adaptor.tokens_per_input,
-                            capabilities=meta.capabilities(config.zoo), max_context=llm.max_context)
+    builder = training_builder(config, llm.tokenizer, llm.max_context)
     records = read_records(data)
     media = [resolve_media(r, data) for r in records]
     flat = [m for ms in media for m in ms]

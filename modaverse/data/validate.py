@@ -34,7 +34,8 @@ def prompt_builder(config: Config):
     """The training prompt builder, with only the tokenizer loaded (no model weights)."""
     from modaverse import checkpoint
     from modaverse.llm import _load_tokenizer, wrap_bpe
-    from modaverse.prompt import PromptBuilder, marker_tokens
+    from modaverse.prompt import marker_tokens
+    from modaverse.training.examples import training_builder
 
     saved = checkpoint.saved_tokenizer(config.checkpoint) if config.checkpoint and config.llm.model is None else None
     tok = wrap_bpe(saved) if saved else _load_tokenizer(config.llm)
@@ -47,9 +48,7 @@ def prompt_builder(config: Config):
 
         model_max = getattr(AutoConfig.from_pretrained(config.llm.model).get_text_config(),
                             "max_position_embeddings", None)
-    prompt_cfg = config.prompt.model_copy(update={"max_context": config.train.max_length or config.prompt.max_context})
-    return PromptBuilder(tok, prompt_cfg, tokens_per_input=config.adaptor.tokens_per_input,
-                         capabilities=meta.capabilities(config.zoo), max_context=model_max)
+    return training_builder(config, tok, model_max)
 
 
 def problems(path: str | os.PathLike, config: Config) -> Iterator[Problem | int]:

@@ -81,6 +81,15 @@ class Stats:
             "dropped_lines": self.dropped_lines[:20]}
 
 
+def training_builder(config, tokenizer, model_max: int | None) -> PromptBuilder:
+    """Inference's prompt builder with ``train.max_length`` as the token budget (training and validation)."""
+    from modaverse import meta
+
+    prompt_cfg = config.prompt.model_copy(update={"max_context": config.train.max_length or config.prompt.max_context})
+    return PromptBuilder(tokenizer, prompt_cfg, tokens_per_input=config.adaptor.tokens_per_input,
+                         capabilities=meta.capabilities(config.zoo), max_context=model_max)
+
+
 def tokenize(builder: PromptBuilder, msgs: Sequence[Message]) -> tuple[Prompt, torch.Tensor]:
     prompt = builder.build(msgs, generation=False)
     labels = torch.where(prompt.target_mask, prompt.input_ids, torch.full_like(prompt.input_ids, IGNORE))

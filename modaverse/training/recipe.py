@@ -191,8 +191,7 @@ def train(config: Config, *, output_dir: str | Path | None = None, resume: bool 
     from modaverse import meta
     from modaverse.llm import wrap_bpe
     from modaverse.pipeline import build_trainable
-    from modaverse.prompt import PromptBuilder
-    from modaverse.training.examples import build_examples, collate
+    from modaverse.training.examples import build_examples, collate, training_builder
     from modaverse.training.model import AlignmentModel
 
     t = config.train
@@ -227,9 +226,7 @@ def train(config: Config, *, output_dir: str | Path | None = None, resume: bool 
         adaptors.fit(table[[r for rs in rows for r in rs]],
                      [m.modality for _, media, _ in convs for m in media])
     model = AlignmentModel(adaptors, llm.model)
-    prompt_cfg = config.prompt.model_copy(update={"max_context": t.max_length or config.prompt.max_context})
-    builder = PromptBuilder(llm.tokenizer, prompt_cfg, tokens_per_input=config.adaptor.tokens_per_input,
-                            capabilities=caps, max_context=llm.max_context)
+    builder = training_builder(config, llm.tokenizer, llm.max_context)
     conversations = [(i + 1, msgs, r, [m.modality for m in media])
                      for i, ((_, media, msgs), r) in enumerate(zip(convs, rows, strict=True))]
     examples, stats = build_examples(builder, conversations)
