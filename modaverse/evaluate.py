@@ -49,6 +49,9 @@ def evaluate_invocations(config: Config, data: str | os.PathLike, *, limit: int 
     cache = FeatureCache.for_config(config)
     todo = [(k, m.path, m.modality) for media, ks in zip(resolved, keys, strict=True) for m, k in zip(media, ks, strict=True)]
     cache.ensure(todo, pipe.encoder)
+    unique = list(dict.fromkeys(k for k, _, _ in todo))  # read every feature once, not per record
+    table = cache.get(unique) if unique else torch.empty(0, pipe.encoder.dim)
+    row = {k: i for i, k in enumerate(unique)}
 
     hits, exact, n = Counter(), Counter(), Counter()
     wrong = []
@@ -56,7 +59,7 @@ def evaluate_invocations(config: Config, data: str | os.PathLike, *, limit: int 
     for rec, media, ks in tqdm(list(zip(records, resolved, keys, strict=True)), desc="eval", unit="item",
                                disable=disable, file=sys.stderr, leave=False):
         msgs = messages(rec, [m.modality for m in media])[:-1]
-        feats = cache.get(ks) if ks else torch.empty(0, pipe.encoder.dim)
+        feats = table[[row[k] for k in ks]]
         _, embeds = pipe.prepare_messages(msgs, feats, reserve=pipe.config.generation.max_new_tokens)
         reply = pipe.respond(embeds, constrained=True, temperature=0.0)
         want_caps, want_prompts = outcome(rec.messages[-1].meta_response)
