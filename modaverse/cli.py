@@ -79,6 +79,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1")
+    return value
+
+
 def _device(text: str) -> str:
     from modaverse.config import check_device
 
@@ -507,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--output", "-o", required=True, metavar="DIR", help="folder for media/, train.jsonl, test.jsonl")
     q.add_argument("--num", type=_positive_int, default=3000, metavar="N", help="conversations in all (default 3000)")
     q.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
-    q.add_argument("--test-fraction", type=float, default=0.2, metavar="F", help="held-out share (default 0.2)")
+    q.add_argument("--test-fraction", type=_fraction, default=0.2, metavar="F", help="held-out share (default 0.2)")
     q.add_argument("--per-input", type=_positive_int, default=1, metavar="K",
                    help="conversations sharing each media file (default 1)")
     q.add_argument("--force", action="store_true", help="replace existing train.jsonl/test.jsonl")

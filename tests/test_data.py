@@ -85,6 +85,8 @@ def test_data_synth_and_validate_cli(tmp_path):
     assert "wrote" in r.stdout and (tmp_path / "train.jsonl").is_file()
     r = run_cli("data", "synth", "--output", tmp_path, "--num", "12")
     _one_line_error(r, "already holds", "--force")
+    _one_line_error(run_cli("data", "synth", "--output", tmp_path / "x", "--test-fraction", "2"),
+                    "--test-fraction", "2.0 is not between 0 and 1")
     r = run_cli("data", "validate", tmp_path / "train.jsonl")
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip().endswith("0 bad")
