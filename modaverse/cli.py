@@ -89,6 +89,40 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
+def _unit_interval(text: str) -> float:
+    value = _fraction(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("0 would make every record a duplicate")
+    return value
+
+
+def _instruction_kind(text: str) -> str:
+    from instructions import KINDS
+
+    if text not in KINDS:
+        raise argparse.ArgumentTypeError(f"unknown kind {text!r}; known: {', '.join(KINDS)}")
+    return text
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from modaverse.instruct.settings import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _device(text: str) -> str:
     from modaverse.config import check_device
 
@@ -424,6 +458,44 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate_instructions(args: argparse.Namespace) -> int:
+    """Instruction data from an OpenAI-compatible chat API (paper section 3.3); see docs/instructions.md."""
+    from modaverse.instruct import engine
+
+    if args.output is None and not args.dry_run:
+        raise ModaverseError("--output is required (the JSONL file records are appended to), unless --dry-run")
+    caps = None
+    if args.config:
+        from modaverse import meta
+
+        caps = meta.capabilities(_config(args).zoo)
+    settings = engine.Settings(
+        captions=Path(args.captions), output=Path(args.output) if args.output else None, num=args.num,
+        references=args.references, seeds=args.seeds, templates=args.templates, kinds=tuple(args.kinds),
+        model=args.model, base_url=args.base_url, concurrency=args.concurrency, seed=args.seed,
+        structured_outputs=args.structured_outputs, timeout=args.timeout, max_retries=args.max_retries,
+        max_requests_per_minute=args.max_requests_per_minute, shard=args.shard, temperature=args.temperature,
+        max_tokens=args.max_tokens, examples=args.examples, references_per_request=args.references_per_request,
+        dedup_threshold=args.dedup_threshold, price=tuple(args.price) if args.price else None,
+        check_media=not args.no_media_check, **({"capabilities": caps} if caps else {}))
+    if args.dry_run:
+        engine.dry_run(settings, sys.stdout)
+        return 0
+    if settings.output.is_dir():
+        raise ModaverseError(f"{settings.output}: is a folder; give a file name such as instructions.jsonl")
+    logging.getLogger("modaverse").setLevel(logging.INFO)
+    try:
+        counts = engine.generate(settings)
+    except KeyboardInterrupt:
+        held = sum(1 for line in settings.output.open(encoding="utf-8") if line.strip()) \
+            if settings.output.is_file() else 0
+        print(f"modaverse: interrupted; {settings.output} holds {held} record(s), all complete; "
+              "rerun the same command to continue", file=sys.stderr)
+        return 130
+    print(json.dumps(engine.summary(counts, settings), ensure_ascii=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="modaverse",
@@ -537,6 +609,72 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_data)
     q = dsub.add_parser("schema", help="print the JSON Schema of a record")
     q.set_defaults(func=cmd_data)
+
+    from instructions import KINDS
+    from modaverse.instruct.settings import defaults
+
+    d = defaults()
+    p = sub.add_parser("generate-instructions", help="make instruction data with an OpenAI-compatible chat API",
+                       description="Ask a chat model (OpenAI, or any compatible server via --base-url) for "
+                       "instruction/response pairs built from captions of your media files, seed examples and "
+                       "language references (ModaVerse section 3.3), and append the valid, non-duplicate ones "
+                       "to OUT.jsonl in the training format. Rejected replies go to OUT.rejects.jsonl with the "
+                       "reason, token counts to OUT.usage.jsonl. Rerunning the same command continues where the "
+                       "last run stopped. The key comes from OPENAI_API_KEY. See docs/instructions.md.",
+                       epilog="example: modaverse generate-instructions --captions captions.jsonl --num 1000 "
+                       "--output data/instructions.jsonl --concurrency 16")
+    p.add_argument("--captions", required=True, metavar="FILE",
+                   help='JSONL, one {"modality": "image|video|audio", "media": PATH, "caption": TEXT} per line; '
+                   "PATH relative to the file")
+    p.add_argument("--references", metavar="FILE",
+                   help='JSONL, one {"capability": "text-to-image|...", "prompt": TEXT} per line: prompts in each '
+                   "generator's style (default: the shipped instructions/references.jsonl)")
+    p.add_argument("--num", "-n", type=_positive_int, required=True, metavar="N",
+                   help="records the output should hold (with --shard: all shards together)")
+    p.add_argument("--output", "-o", metavar="OUT.jsonl", help="records are appended here (required unless --dry-run)")
+    p.add_argument("--kinds", nargs="+", type=_instruction_kind, default=list(d["kinds"]), metavar="KIND",
+                   help=f"instruction kinds, drawn evenly: {', '.join(KINDS)} (default: all)")
+    p.add_argument("--model", "-m", default=d["model"], metavar="NAME", help=f"chat model (default {d['model']})")
+    p.add_argument("--base-url", metavar="URL",
+                   help="OpenAI-compatible API, e.g. http://localhost:8000/v1 (default: $OPENAI_BASE_URL or OpenAI)")
+    p.add_argument("--concurrency", "-j", type=_positive_int, default=d["concurrency"], metavar="K",
+                   help=f"requests in flight at once (default {d['concurrency']})")
+    p.add_argument("--seed", type=int, default=d["seed"], metavar="S",
+                   help=f"what each request asks for is a function of the seed and its number (default {d['seed']})")
+    p.add_argument("--no-structured-outputs", dest="structured_outputs", action="store_false",
+                   help="do not send a JSON-schema response_format (for servers without structured outputs); "
+                   "replies are validated all the same")
+    p.add_argument("--dry-run", action="store_true", help="print the first N requests; needs no key or server")
+    p.add_argument("--shard", type=_shard, default=d["shard"], metavar="i/n",
+                   help="do shard i of n (0-based); shards never overlap (default 0/1)")
+    p.add_argument("--max-requests-per-minute", type=_positive_float, metavar="R",
+                   help="space requests evenly to stay under R per minute (default: no limit)")
+    p.add_argument("--timeout", type=_positive_float, default=d["timeout"], metavar="S",
+                   help=f"seconds per attempt before it is retried (default {d['timeout']:g})")
+    p.add_argument("--max-retries", type=int, default=d["max_retries"], metavar="N",
+                   help=f"retries per request on 429, 5xx and timeouts, honouring Retry-After (default {d['max_retries']})")
+    p.add_argument("--temperature", type=float, default=d["temperature"], metavar="T",
+                   help=f"sampling temperature (default {d['temperature']:g})")
+    p.add_argument("--max-tokens", type=_positive_int, default=d["max_tokens"], metavar="N",
+                   help=f"reply length limit in tokens (default {d['max_tokens']})")
+    p.add_argument("--seeds", metavar="FILE", help="seed examples JSONL (default: the shipped instructions/seeds.jsonl)")
+    p.add_argument("--templates", metavar="DIR",
+                   help="folder with system.txt and one <kind>.txt per kind (default: the shipped templates)")
+    p.add_argument("--examples", type=_positive_int, default=d["examples"], metavar="K",
+                   help=f"seed examples per request (default {d['examples']})")
+    p.add_argument("--references-per-request", type=_positive_int, default=d["references_per_request"], metavar="K",
+                   help=f"language references per output-side request (default {d['references_per_request']})")
+    p.add_argument("--dedup-threshold", type=_unit_interval, default=d["dedup_threshold"], metavar="F",
+                   help="word-3-gram Jaccard similarity from which a record about the same media counts as a "
+                   f"near-duplicate (default {d['dedup_threshold']})")
+    p.add_argument("--price", nargs=2, type=float, metavar=("IN", "OUT"),
+                   help="USD per million prompt and completion tokens, for the cost figure "
+                   "(default: OpenAI's list price for known models on OpenAI's API)")
+    p.add_argument("--no-media-check", action="store_true",
+                   help="do not check that each captioned media file exists (e.g. it lives on another machine)")
+    p.add_argument("--config", "-c", default=None,
+                   help="take the generators' capabilities from this config's zoo (default: the built-in three)")
+    p.set_defaults(func=cmd_generate_instructions, overrides=[])
 
     p = sub.add_parser("eval", help="evaluate a model",
                        description="invocations: for each record of --data, answer the conversation up to its "

@@ -12,6 +12,9 @@ from typing import Literal, get_args
 Modality = Literal["image", "video", "audio", "depth", "thermal", "imu"]
 MODALITIES: tuple[str, ...] = get_args(Modality)
 
+#: Marks where an input goes in an instruction's text (inputs without one precede the text).
+PLACEHOLDER = "<media>"
+
 #: The ImageBind tower that encodes each modality.
 TOWER: dict[str, str] = {
     "image": "vision",

@@ -24,9 +24,8 @@ import torch
 
 from modaverse.config import PromptConfig
 from modaverse.errors import ModaverseError
-from modaverse.modality import markers
+from modaverse.modality import PLACEHOLDER, markers
 
-PLACEHOLDER = "<media>"
 #: The markers of a summed (PandaGPT-style) group, which has no single modality.
 SUM_MARKERS = ("<Media>", "</Media>")
 

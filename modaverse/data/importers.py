@@ -23,7 +23,7 @@ from pathlib import Path
 from modaverse import meta
 from modaverse.data.records import Record, RecordError, assistant, parse_record, user
 from modaverse.errors import ModaverseError
-from modaverse.prompt import PLACEHOLDER
+from modaverse.modality import PLACEHOLDER
 
 #: The official release's target modality -> our capability (None: a text reply).
 OFFICIAL_TARGETS = {"text": None, "image": "text-to-image", "video": "text-to-video", "audio": "text-to-audio"}

@@ -27,8 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from modaverse import meta
 from modaverse.errors import ModaverseError
-from modaverse.modality import Modality
-from modaverse.prompt import PLACEHOLDER
+from modaverse.jsonl import numbered_lines
+from modaverse.modality import PLACEHOLDER, Modality
 
 
 class RecordError(ModaverseError):
@@ -112,26 +112,17 @@ class Line:
 
 def read_lines(path: str | Path, caps: Iterable[str] = meta.BUILTIN_CAPABILITIES) -> Iterator[Line]:
     """Every non-blank line of a JSONL file, validated; bad lines are yielded with their reason."""
-    path, caps = Path(path), tuple(caps)
-    try:
-        handle = path.open(encoding="utf-8")
-    except FileNotFoundError:
-        raise RecordError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise RecordError(f"{path}: is a folder, expected a JSONL file") from None
-    with handle:
-        for number, text in enumerate(handle, 1):
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                yield Line(number, None, f"invalid JSON ({e.msg} at column {e.colno})")
-                continue
-            try:
-                yield Line(number, parse_record(obj, caps))
-            except RecordError as e:
-                yield Line(number, None, str(e))
+    caps = tuple(caps)
+    for number, text in numbered_lines(path, RecordError):
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            yield Line(number, None, f"invalid JSON ({e.msg} at column {e.colno})")
+            continue
+        try:
+            yield Line(number, parse_record(obj, caps))
+        except RecordError as e:
+            yield Line(number, None, str(e))
 
 
 def read_records(path: str | Path, caps: Iterable[str] = meta.BUILTIN_CAPABILITIES) -> list[Record]:

@@ -13,6 +13,7 @@ audio; videos decode to the same frames up to the H.264 encoder's run-to-run var
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Callable
@@ -54,6 +55,11 @@ class Item:
     @property
     def noise(self) -> str:
         return SOUNDS[self.sound][0]
+
+    @property
+    def caption(self) -> str:
+        """What a captioned dataset would say about the file (``captions.jsonl``)."""
+        return {"image": self.picture, "video": self.motion}.get(self.modality) or self.noise
 
 
 def _sentence(text: str) -> str:
@@ -225,6 +231,8 @@ def synthesize(out_dir: str | Path, num: int = 1200, seed: int = 0, test_fractio
                per_input: int = 1, on_progress: Callable[[int], None] | None = None) -> tuple[Path, Path]:
     """Writes media under ``out_dir/media`` and ``train.jsonl`` / ``test.jsonl``; returns both paths.
 
+    ``captions.jsonl`` captions the training inputs, the form ``generate-instructions`` reads.
+
     Test records use inputs of their own (new positions, sizes, pitches and noise), never a
     training file, so the held-out score is about unseen inputs. ``per_input`` conversations
     (of different kinds) share each input file.
@@ -240,17 +248,21 @@ def synthesize(out_dir: str | Path, num: int = 1200, seed: int = 0, test_fractio
     items = _items(rng, n_items)
     n_test_items = max(1, round(n_items * test_fraction)) if num > 1 else 0
     splits: dict[str, list[str]] = {"train": [], "test": []}
+    captions = []
     made = 0
     for i, item in enumerate(items):
         write, ext = WRITERS[item.modality]
         name = f"media/{item.modality}-{i:05d}.{ext}"
         write(item, out_dir / name, rng)
         split = "test" if i >= n_items - n_test_items else "train"
+        if split == "train":
+            captions.append(json.dumps({"modality": item.modality, "media": name, "caption": item.caption}))
         for rec in _records(item, name, rng, f"synth-{i:05d}", min(per_item, num - made)):
             splits[split].append(record_line(parse_record(rec)))
             made += 1
         if on_progress:
             on_progress(1)
+    write_text_atomic(out_dir / "captions.jsonl", "".join(line + "\n" for line in captions))
     paths = []
     for split, lines in splits.items():
         path = out_dir / f"{split}.jsonl"
@@ -261,8 +273,6 @@ def synthesize(out_dir: str | Path, num: int = 1200, seed: int = 0, test_fractio
 
 def corpus() -> list[str]:
     """Every phrase the synthetic set uses, for training the tiny in-code tokenizer."""
-    import json
-
     rng = random.Random(0)
     items = [Item("audio", sound=k) for k in SOUNDS] + [
         Item(m, colour=c, shape=s) for m in ("image", "video") for c in COLOURS for s in SHAPES]

@@ -1,0 +1,94 @@
+"""A chat reply turned into a training record, or rejected with the reason.
+
+A reply is kept only if it is one JSON object ``{"instruction", "response"}`` whose response
+is a valid meta-response, whose content fits the task's kind (an output-side reply calls
+the task's generator; the others answer in text), and which, paired with the task's media,
+is a valid training record. ``modaverse data validate`` therefore accepts every kept line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from modaverse import meta
+from modaverse.data.records import Record, RecordError, parse_record, user
+from modaverse.instruct.sources import kind_problem
+from modaverse.instruct.tasks import Task
+
+
+class Rejected(Exception):
+    """A reply that does not become a record; ``str()`` is the reason."""
+
+
+class Reply(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    instruction: str = Field(min_length=1, max_length=meta.MAX_TEXT_CHARS)
+    response: meta.MetaResponse
+
+
+def reply_schema(caps: Sequence[str]) -> dict:
+    """The ``response_format`` JSON schema, in the subset strict structured outputs accept.
+
+    Strict mode needs every property required and no optional keywords, so render
+    parameters and length limits are left out here and enforced by :class:`Reply` instead.
+    """
+
+    def obj(**props) -> dict:
+        return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+    text = {"type": "string"}
+    call = obj(capability={"type": "string", "enum": list(caps)}, prompt=text)
+    return obj(instruction=text, response=obj(text=text, invocations={"type": "array", "items": call}))
+
+
+_FENCE = re.compile(r"```(?:json)?\s*(\{.*\})\s*```", re.S)
+
+
+def _json_object(content: str) -> object:
+    """The JSON object in a reply; without structured outputs, models wrap it in fences or prose."""
+    body = content.strip()
+    fenced = _FENCE.search(body)
+    if fenced:
+        body = fenced.group(1)
+    elif not body.startswith("{") and "{" in body and "}" in body[body.index("{"):]:
+        body = body[body.index("{"): body.rindex("}") + 1]
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as e:
+        raise Rejected(f"invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+
+
+def _relative(media: str, out_dir: Path) -> str:
+    try:
+        return os.path.relpath(media, out_dir)
+    except ValueError:  # another drive (Windows): keep it absolute
+        return media
+
+
+def to_record(task: Task, content: str | None, record_id: str, source: str, out_dir: Path,
+              caps: Sequence[str]) -> Record:
+    """The record for a task's reply; raises :class:`Rejected` with the reason."""
+    if content is None or not content.strip():
+        raise Rejected("empty reply")
+    try:
+        reply = Reply.model_validate(_json_object(content), context={"capabilities": tuple(caps)})
+    except ValidationError as e:
+        raise Rejected(meta.reason(e)) from None
+    problem = kind_problem(task.kind, reply.response, task.target, len(task.inputs))
+    if problem:
+        raise Rejected(problem.replace("example", "reply"))
+    media = [(_relative(c.media, out_dir), c.modality) for c in task.inputs]
+    doc = {"id": record_id, "source": source,
+           "messages": [user(reply.instruction, *media),
+                        {"role": "assistant", "meta_response": reply.response.as_dict()}]}
+    try:
+        return parse_record(doc, caps)
+    except RecordError as e:
+        raise Rejected(str(e)) from None
