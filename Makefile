@@ -49,6 +49,7 @@ bench: setup
 	$(BIN)/python benchmarks/latency.py
 	$(BIN)/python benchmarks/zoo.py
 	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/instructions.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache runs data/synth
