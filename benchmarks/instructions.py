@@ -69,7 +69,7 @@ def resume_start(folder: Path, records: int) -> dict:
             f.write(json.dumps(rec) + "\n")
     journal = Journal(Settings(captions=out, output=out, num=records))
     start = time.perf_counter()
-    journal.load(NearDuplicates())
+    journal.load(NearDuplicates(), progress=False)
     seconds = time.perf_counter() - start
     return {"records": records, "seconds": round(seconds, 2), "records_per_second": round(records / seconds)}
 

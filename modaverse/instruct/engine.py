@@ -130,20 +130,29 @@ class Journal:
         self.prompt_tokens = self.completion_tokens = 0
         self._files: dict[Path, TextIO] = {}
 
-    def load(self, dedup: NearDuplicates) -> None:
-        """Reads what earlier runs wrote: kept records (into ``dedup`` too), rejects and usage."""
+    def load(self, dedup: NearDuplicates, progress: bool = True) -> None:
+        """Reads what earlier runs wrote: kept records (into ``dedup`` too), rejects and usage.
+
+        A bar (in bytes) appears when this takes over a second: about 4 minutes for 2 M records.
+        """
+        from tqdm.auto import tqdm
+
         for path in (self.output, self.rejects_path, self.usage_path):
             _drop_partial_line(path)
-        for number, text in self._lines(self.output):
-            try:
-                record = parse_record(json.loads(text), self.caps)
-            except (json.JSONDecodeError, RecordError) as e:
-                raise GenerationError(
-                    f"{self.output}:{number}: not a training record ({e}); generate-instructions appends "
-                    "only to files it wrote, so choose another --output") from None
-            self.records += 1
-            self._mark(record.id)
-            dedup.admit(record.id or f"{self.output.name}:{number}", record)
+        size = self.output.stat().st_size if self.output.is_file() else 0
+        with tqdm(total=size, unit="B", unit_scale=True, desc="read back", file=sys.stderr, delay=1.0,
+                  disable=None if progress else True, leave=False) as bar:
+            for number, text in self._lines(self.output):
+                bar.update(len(text.encode()))
+                try:
+                    record = parse_record(json.loads(text), self.caps)
+                except (json.JSONDecodeError, RecordError) as e:
+                    raise GenerationError(
+                        f"{self.output}:{number}: not a training record ({e}); generate-instructions appends "
+                        "only to files it wrote, so choose another --output") from None
+                self.records += 1
+                self._mark(record.id)
+                dedup.admit(record.id or f"{self.output.name}:{number}", record)
         for number, text in self._lines(self.rejects_path):
             self._mark(self._json(self.rejects_path, number, text).get("id"))
         for number, text in self._lines(self.usage_path):
@@ -449,14 +458,17 @@ def generate(settings: Settings, progress: bool = True) -> Counts:
     prepared = prepare(settings)
     dedup = NearDuplicates(settings.dedup_threshold)
     journal = Journal(settings)
-    journal.load(dedup)
+    journal.load(dedup, progress)
     counts = Counts(target=shard_target(settings.num, settings.shard))
+    if journal.records >= counts.target:
+        log.info("%s already holds %d record(s), the target of %d; raise --num to add more",
+                 settings.output, journal.records, counts.target)
     start = time.monotonic()
     bar = None
     try:
         if journal.records < counts.target:
             bar = tqdm(total=counts.target, initial=journal.records, unit="rec", desc="generate",
-                       file=sys.stderr, disable=None if progress else True, dynamic_ncols=True)
+                       file=sys.stderr, disable=None if progress else True)
             asyncio.run(Run(settings, prepared, journal, dedup, counts, None if bar.disable else bar).main())
     finally:
         if bar is not None:
