@@ -42,6 +42,34 @@ def run_cli(*args, cwd=None, env=None, timeout=300):
                           cwd=cwd, env=full_env, timeout=timeout)
 
 
+def run_on_terminal(*args, env=None, timeout=300):
+    """Runs the console script with stderr on a 160-column pseudo-terminal, as a user at a
+    terminal sees it; returns (exit code, what the terminal showed, stdout)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))
+    exe = Path(sys.executable).parent / "modaverse"
+    proc = subprocess.Popen([str(exe), *map(str, args)], stdout=subprocess.PIPE, stderr=slave,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # the other end closed: the process is done writing
+            break
+        if not data:
+            break
+        chunks.append(data)
+    out, _ = proc.communicate(timeout=timeout)
+    os.close(master)
+    return proc.returncode, b"".join(chunks).decode(errors="replace"), out.decode()
+
+
 @pytest.fixture(scope="session")
 def random_pipe():
     """The tiny profile without its trained checkpoint: random weights, for behaviour only an

@@ -7,7 +7,7 @@ import torch
 from modaverse import embfile
 
 from . import media_factory as mf
-from .conftest import IB, run_cli
+from .conftest import IB, run_cli, run_on_terminal
 
 REF = ["--encoder-config", IB / "config.json", "--weights", IB / "weights.safetensors"]
 
@@ -43,35 +43,10 @@ def test_embed_reproduces_upstream_embeddings(tmp_path, expected):
 
 def test_progress_bar_on_a_terminal(tmp_path):
     """Progress shows on a real pseudo-terminal (and stays out of pipes and logs)."""
-    import fcntl
-    import os
-    import pty
-    import struct
-    import subprocess
-    import sys
-    import termios
-    from pathlib import Path
-
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
     files = [mf.image(tmp_path / f"{i}.png") for i in range(3)]
-    exe = Path(sys.executable).parent / "modaverse"
-    proc = subprocess.Popen([exe, "embed", *files, "--output", tmp_path / "e.safetensors"],
-                            stdout=subprocess.PIPE, stderr=slave)
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    out, _ = proc.communicate(timeout=120)
-    os.close(master)
-    assert proc.returncode == 0
-    assert b"embed:" in b"".join(chunks) and b"/3 [" in b"".join(chunks)
+    code, terminal, _ = run_on_terminal("embed", *files, "--output", tmp_path / "e.safetensors")
+    assert code == 0
+    assert "embed:" in terminal and "/3 [" in terminal
     r = run_cli("embed", *files, "--output", tmp_path / "e.safetensors")
     assert r.stderr == ""  # piped: no bar
 

@@ -25,7 +25,7 @@ from modaverse.instruct.sources import (
 from modaverse.instruct.tasks import Planner, messages
 
 from . import media_factory
-from .conftest import run_cli
+from .conftest import run_cli, run_on_terminal
 from .fake_openai import FakeOpenAI, good_reply
 
 MODALITIES = ("image", "video", "audio")
@@ -413,33 +413,11 @@ def test_errors_are_one_line(captions, tmp_path, case):
 
 
 def test_progress_bar_on_a_terminal_and_summary_on_stdout(captions, tmp_path):
-    import fcntl
-    import pty
-    import struct
-    import termios
-
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))
-    exe = Path(sys.executable).parent / "modaverse"
     with FakeOpenAI(latency=0.02) as server:
-        proc = subprocess.Popen([str(exe), "generate-instructions", "--captions", str(captions), "--num", "5",
-                                 "--output", str(tmp_path / "gen.jsonl"), "--base-url", server.base_url,
-                                 "--price", "1", "2"],
-                                stdout=subprocess.PIPE, stderr=slave, env={**os.environ, **ENV})
-        os.close(slave)
-        chunks = []
-        while True:
-            try:
-                data = os.read(master, 4096)
-            except OSError:
-                break
-            if not data:
-                break
-            chunks.append(data)
-        out, _ = proc.communicate(timeout=120)
-    os.close(master)
-    assert proc.returncode == 0
-    bar = b"".join(chunks).decode()
+        code, bar, out = run_on_terminal(
+            "generate-instructions", "--captions", captions, "--num", 5, "--output", tmp_path / "gen.jsonl",
+            "--base-url", server.base_url, "--price", 1, 2, env=ENV)
+    assert code == 0
     assert "generate: 100%" in bar and "5/5" in bar and "rej=" in bar and "tok=" in bar and "$=" in bar
     summary = json.loads(out)
     expected = (summary["prompt_tokens"] * 1 + summary["completion_tokens"] * 2) / 1e6
