@@ -381,11 +381,19 @@ def test_dry_run_prints_prompts_without_key_or_output(captions, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("case", ["no-key", "bad-key", "no-model", "unreachable", "not-ours", "bad-shard"])
+@pytest.mark.parametrize("case", ["no-key", "bad-key", "no-model", "unreachable", "not-ours", "bad-shard",
+                                  "all-rejected", "all-failing"])
 def test_errors_are_one_line(captions, tmp_path, case):
     out = tmp_path / "gen.jsonl"
-    with FakeOpenAI(api_key="sk-right") as server:
-        if case == "no-key":
+    fault = {"all-rejected": "malformed", "all-failing": "500"}.get(case)
+    with FakeOpenAI(lambda ordinal, attempt: fault, api_key="sk-right") as server:
+        if case == "all-rejected":
+            r = _generate(server, captions, out, "--num", 100, env={"OPENAI_API_KEY": "sk-right"})
+            needle = "the last 50 replies were all rejected (last: invalid JSON"
+        elif case == "all-failing":
+            r = _generate(server, captions, out, "--max-retries", 0, env={"OPENAI_API_KEY": "sk-right"})
+            needle = "requests in a row failed after 0 retries each; last: InternalServerError"
+        elif case == "no-key":
             r = run_cli("generate-instructions", "--captions", captions, "--num", 2, "--output", out,
                         env={"OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""})
             needle = "OPENAI_API_KEY is not set"
