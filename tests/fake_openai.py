@@ -7,7 +7,8 @@ first time it is seen; ``faults(ordinal, attempt)`` names what that attempt gets
 - ``"429"``: Too Many Requests with ``Retry-After: 1``;  ``"500"``: an internal error;
 - ``"stall"``: no answer for ``stall`` seconds (past the client's timeout);
 - ``"malformed"``: prose that is not JSON;  ``"violate"``: JSON that breaks the schema;
-- ``"duplicate"``: the reply it gave an earlier request of the same kind about the same attachments;
+- ``"duplicate"``: the reply it gave an earlier request of the same kind about the same attachments
+  (if there was none yet, the next such request gets this one's reply again);
 - ``"length"``: a reply cut off at the token limit;  None: a good reply.
 
 Good replies are built from the prompt (kind, target generator, attachment captions) with
@@ -63,6 +64,7 @@ class FakeOpenAI:
         self.ordinals: dict[str, int] = {}
         self.attempts: list[dict] = []  # one per HTTP request: ordinal, attempt, time, fault, body
         self.by_attachments: dict[str, str] = {}
+        self.owed: set[str] = set()
         self.models: set[str] = set()
         outer = self
 
@@ -76,8 +78,13 @@ class FakeOpenAI:
             def do_POST(self):
                 outer._handle(self)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):  # a client that hung up: nothing to report
+                pass
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
     def __enter__(self) -> FakeOpenAI:
@@ -139,9 +146,12 @@ class FakeOpenAI:
         elif fault == "violate":
             content = json.dumps({"instruction": "Smell this.", "response": {
                 "text": "", "invocations": [{"capability": "text-to-smell", "prompt": "roses"}]}})
-        elif fault == "duplicate" and block in self.by_attachments:
+        elif (fault == "duplicate" or block in self.owed) and block in self.by_attachments:
+            self.owed.discard(block)
             content = self.by_attachments[block]
         else:
+            if fault == "duplicate":  # nothing to repeat yet: repeat this one next time it comes up
+                self.owed.add(block)
             content = json.dumps(good_reply(prompt, ordinal))
             if fault == "length":
                 content, finish = content[: len(content) // 2], "length"

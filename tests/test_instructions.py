@@ -48,6 +48,14 @@ def captions(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_caption(captions) -> Path:
+    """One image only: few distinct tasks, so a repeated reply is sure to meet its twin."""
+    path = captions.parent / "one.jsonl"
+    path.write_text(captions.read_text().splitlines()[0] + "\n")
+    return path
+
+
 def _planner(captions_file, seed=0):
     return Planner(load_captions(captions_file), load_references(None), load_seeds(None), KINDS, seed)
 
@@ -225,10 +233,10 @@ def _faulty(ordinal, attempt):
     return FAULTS.get(ordinal % 9) if attempt == 0 else None
 
 
-def test_faulty_server_still_yields_n_valid_unique_records(captions, tmp_path):
+def test_faulty_server_still_yields_n_valid_unique_records(one_caption, tmp_path):
     out = tmp_path / "gen.jsonl"
     with FakeOpenAI(_faulty, stall=3.0) as server:
-        r = _generate(server, captions, out, "--num", 24, "--concurrency", 4, "--timeout", 1, "--seed", 5)
+        r = _generate(server, one_caption, out, "--num", 24, "--concurrency", 4, "--timeout", 1, "--seed", 5)
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     records = read_records(out)
@@ -392,7 +400,7 @@ def test_errors_are_one_line(captions, tmp_path, case):
             needle = "the last 50 replies were all rejected (last: invalid JSON"
         elif case == "all-failing":
             r = _generate(server, captions, out, "--max-retries", 0, env={"OPENAI_API_KEY": "sk-right"})
-            needle = "requests in a row failed after 0 retries each; last: InternalServerError"
+            needle = "16 requests in a row failed after 0 retries each; last: InternalServerError"
         elif case == "no-key":
             r = run_cli("generate-instructions", "--captions", captions, "--num", 2, "--output", out,
                         env={"OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""})

@@ -376,8 +376,9 @@ class Run:
             self.counts.failed += 1
             self.failure_streak += 1
             log.debug("task %d failed after retries: %s", task.index, e)
-            if self.failure_streak >= max(10, 2 * self.s.concurrency):
-                raise GenerationError(f"{self.failure_streak} requests in a row failed after "
+            limit = max(10, 2 * self.s.concurrency)
+            if self.failure_streak >= limit:
+                raise GenerationError(f"{limit} requests in a row failed after "
                                       f"{self.s.max_retries} retries each; last: {type(e).__name__}: "
                                       f"{str(e).splitlines()[0][:200]}") from None
             return
@@ -425,7 +426,7 @@ class Run:
         self.last_reject = reason
         self._tick()
         if self.reject_streak >= MAX_REJECT_STREAK:
-            raise GenerationError(f"the last {self.reject_streak} replies were all rejected (last: {reason}); "
+            raise GenerationError(f"the last {MAX_REJECT_STREAK} replies were all rejected (last: {reason}); "
                                   f"see {self.journal.rejects_path}")
 
     def _tick(self) -> None:
