@@ -11,7 +11,11 @@ export HF_HUB_OFFLINE := 1
 setup: $(STAMP)
 
 # torch is pinned to the CPU build first: an unpinned resolve would pull several GB of CUDA wheels.
+# Java runs the caption metrics (pycocoevalcap's PTB tokenizer, METEOR, SPICE): Debian's headless JRE.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(STAMP): pyproject.toml
+	@command -v java >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq default-jre-headless; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "torch==2.13.0"
 	$(BIN)/python -m pip install -q -e ".[dev]"

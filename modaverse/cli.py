@@ -436,7 +436,16 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Benchmarks; `invocations` scores capability choice and prompt match on a JSONL file."""
+    """Benchmarks: `invocations` (meta-response accuracy), `captions` (coco-caption metrics)."""
+    if args.benchmark == "captions":
+        from modaverse.evaluation.captions import read_predictions, read_references, score
+
+        result = score(read_predictions(args.predictions), read_references(args.references),
+                       spice=not args.no_spice)
+        for note in result["notes"]:
+            print(f"modaverse: note: {note}", file=sys.stderr)
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return 0
     from modaverse.evaluate import evaluate_invocations
 
     if not Path(args.data).is_file():
@@ -677,14 +686,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate_instructions, overrides=[])
 
     p = sub.add_parser("eval", help="evaluate a model",
-                       description="invocations: for each record of --data, answer the conversation up to its "
-                       "last assistant message and compare: capability accuracy and prompt exact match (JSON).")
-    p.add_argument("benchmark", choices=["invocations"])
-    p.add_argument("--data", required=True, metavar="FILE", help="JSONL in the training format")
-    _add_config_args(p)
-    _add_checkpoint_arg(p)
-    p.add_argument("--limit", type=_positive_int, metavar="N", help="score only the first N records")
-    p.set_defaults(func=cmd_eval)
+                       description="invocations: meta-response accuracy on held-out conversations. "
+                       "captions: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE and SPIDEr of predicted captions "
+                       "with pycocoevalcap (PTB tokenisation; needs Java).")
+    esub = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True, parser_class=_Parser)
+    q = esub.add_parser("invocations", help="capability accuracy and prompt match of meta-responses",
+                        description="For each record of --data, answer the conversation up to its last "
+                        "assistant message and compare: capability accuracy and prompt exact match (JSON).")
+    q.add_argument("--data", required=True, metavar="FILE", help="JSONL in the training format")
+    _add_config_args(q)
+    _add_checkpoint_arg(q)
+    q.add_argument("--limit", type=_positive_int, metavar="N", help="score only the first N records")
+    q.set_defaults(func=cmd_eval)
+    q = esub.add_parser("captions", help="coco-caption metrics of predicted captions",
+                        description="Scores predictions against references with pycocoevalcap, the code "
+                        "behind published captioning numbers. Files are JSONL or JSON: predictions one "
+                        '{"id", "caption"} per item (COCO results files work as they are), references one '
+                        '{"id", "captions": [...]} per item or a COCO annotation file.')
+    q.add_argument("--predictions", "-p", required=True, metavar="P", help="one predicted caption per item")
+    q.add_argument("--references", "-r", required=True, metavar="R", help="one or more references per item")
+    q.add_argument("--no-spice", action="store_true", help="skip SPICE and SPIDEr (SPICE is slow)")
+    q.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("import-checkpoint", help="convert the official ModaVerse checkpoint",
                        description="Convert the official ModaVerse-7b-v0 pytorch_model.pt (adaptor, LoRA, "
