@@ -69,37 +69,36 @@ def _read_encoder_json(path: str):
         raise ConfigError(f"{path}: {'.'.join(map(str, err['loc']))}: {msg}") from None
 
 
-def _positive_int(text: str) -> int:
+def _number(text: str, cast: type = float):
     try:
-        value = int(text)
+        return cast(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        what = "whole number" if cast is int else "number"
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {what}") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _number(text, int)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive number")
     return value
 
 
 def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = _number(text)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1")
     return value
 
 
 def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = _number(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{value} is not a positive number")
     return value
 
 
-def _unit_interval(text: str) -> float:
+def _dedup_threshold(text: str) -> float:
     value = _fraction(text)
     if value == 0:
         raise argparse.ArgumentTypeError("0 would make every record a duplicate")
@@ -673,7 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"seed examples per request (default {d['examples']})")
     p.add_argument("--references-per-request", type=_positive_int, default=d["references_per_request"], metavar="K",
                    help=f"language references per output-side request (default {d['references_per_request']})")
-    p.add_argument("--dedup-threshold", type=_unit_interval, default=d["dedup_threshold"], metavar="F",
+    p.add_argument("--dedup-threshold", type=_dedup_threshold, default=d["dedup_threshold"], metavar="F",
                    help="word-3-gram Jaccard similarity from which a record about the same media counts as a "
                    f"near-duplicate (default {d['dedup_threshold']})")
     p.add_argument("--price", nargs=2, type=float, metavar=("IN", "OUT"),

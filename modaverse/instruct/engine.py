@@ -37,7 +37,7 @@ from modaverse.errors import ModaverseError
 from modaverse.instruct.dedup import NearDuplicates
 from modaverse.instruct.replies import Rejected, reply_schema, to_record
 from modaverse.instruct.settings import Settings
-from modaverse.instruct.sources import load_captions, load_references, load_seeds, load_templates
+from modaverse.instruct.sources import Templates, load_captions, load_references, load_seeds, load_templates
 from modaverse.instruct.tasks import Planner, Task, messages
 from modaverse.jsonl import numbered_lines
 
@@ -92,26 +92,41 @@ def record_id(seed: int, index: int) -> str:
     return f"gen-s{seed}-{index:07d}"
 
 
+def base_url(settings: Settings) -> str | None:
+    """The API the run talks to; None means OpenAI's own."""
+    return settings.base_url or os.environ.get("OPENAI_BASE_URL") or None
+
+
 def unit_price(settings: Settings) -> tuple[float, float] | None:
     if settings.price is not None:
         return settings.price
-    if settings.base_url or os.environ.get("OPENAI_BASE_URL"):
+    if base_url(settings):
         return None  # another server: OpenAI's prices say nothing about it
     names = sorted((n for n in LIST_PRICES if settings.model.startswith(n)), key=len, reverse=True)
     return LIST_PRICES[names[0]] if names else None
 
 
-def _drop_partial_line(path: Path) -> None:
-    """A kill mid-write can leave a last line without its newline; it was never accepted."""
+def _drop_partial_line(path: Path, block: int = 1 << 16) -> None:
+    """A kill mid-write can leave a last line without its newline; it was never accepted.
+
+    Reads backwards from the end, a block at a time: the output may be gigabytes.
+    """
     if not path.is_file() or path.stat().st_size == 0:
         return
     with path.open("rb+") as f:
-        f.seek(-1, os.SEEK_END)
+        end = f.seek(0, os.SEEK_END)
+        f.seek(end - 1)
         if f.read(1) == b"\n":
             return
-        f.seek(0)
-        data = f.read()
-        cut = data.rfind(b"\n") + 1
+        cut = end
+        while cut > 0:
+            start = max(0, cut - block)
+            f.seek(start)
+            newline = f.read(cut - start).rfind(b"\n")
+            if newline >= 0:
+                cut = start + newline + 1
+                break
+            cut = start
         f.truncate(cut)
     log.warning("%s: removed an incomplete last line left by an interrupted run", path)
 
@@ -213,7 +228,7 @@ class Prepared:
     """Sources loaded and checked: everything needed before the first request."""
 
     planner: Planner
-    templates: object
+    templates: Templates
     schema: dict
 
 
@@ -242,7 +257,7 @@ def request_kwargs(settings: Settings, prepared: Prepared, task: Task) -> dict:
     return kwargs
 
 
-def dry_run(settings: Settings, out: TextIO) -> int:
+def dry_run(settings: Settings, out: TextIO) -> None:
     """Prints the requests the first ``num`` tasks of the shard would send; needs no key or server."""
     prepared = prepare(settings)
     if settings.structured_outputs:
@@ -253,19 +268,18 @@ def dry_run(settings: Settings, out: TextIO) -> int:
         print(f"\n=== request {task.index}: {task.describe()} ===", file=out)
         for message in request_kwargs(settings, prepared, task)["messages"]:
             print(f"--- {message['role']} ---\n{message['content']}", file=out)
-    return settings.num
 
 
 def _client(settings: Settings, counts: Counts):
     import openai
 
-    base_url = settings.base_url or os.environ.get("OPENAI_BASE_URL")
+    url = base_url(settings)
     key = os.environ.get("OPENAI_API_KEY")
     if not key:
-        if not base_url:
+        if not url:
             raise GenerationError("OPENAI_API_KEY is not set; export it, point --base-url at a local "
                                   "OpenAI-compatible server, or use --dry-run to see the prompts")
-        log.info("OPENAI_API_KEY is not set; sending no key to %s", base_url)
+        log.info("OPENAI_API_KEY is not set; sending no key to %s", url)
         key = "unused"
 
     async def on_request(request) -> None:
@@ -277,7 +291,7 @@ def _client(settings: Settings, counts: Counts):
             counts.rate_limited += 1
 
     http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [on_request], "response": [on_response]})
-    return openai.AsyncOpenAI(api_key=key, base_url=base_url, timeout=settings.timeout,
+    return openai.AsyncOpenAI(api_key=key, base_url=url, timeout=settings.timeout,
                               max_retries=settings.max_retries, http_client=http)
 
 
@@ -285,7 +299,7 @@ def _fatal(e: Exception, settings: Settings, answered: int) -> GenerationError |
     """A failure no retry or later task can fix, as the error that stops the run; None otherwise."""
     import openai
 
-    where = settings.base_url or os.environ.get("OPENAI_BASE_URL") or "the OpenAI API"
+    where = base_url(settings) or "the OpenAI API"
     body = getattr(e, "body", None)
     detail = body.get("message") if isinstance(body, dict) else None
     detail = str(detail or getattr(e, "message", None) or e).splitlines()[0][:300]
@@ -319,7 +333,6 @@ class Run:
         self.out_dir = settings.output.resolve().parent
         self.answered = 0
         self.failure_streak = self.reject_streak = 0
-        self.last_reject = ""
         self.full = asyncio.Event()
         self.slot = asyncio.Condition()
         self.in_flight = 0
@@ -423,7 +436,6 @@ class Run:
         kind = re.split(r"[:(]| of ", reason)[0].strip()[:80]
         self.counts.rejects[kind] = self.counts.rejects.get(kind, 0) + 1
         self.reject_streak += 1
-        self.last_reject = reason
         self._tick()
         if self.reject_streak >= MAX_REJECT_STREAK:
             raise GenerationError(f"the last {MAX_REJECT_STREAK} replies were all rejected (last: {reason}); "

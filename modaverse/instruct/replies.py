@@ -81,9 +81,9 @@ def to_record(task: Task, content: str | None, record_id: str, source: str, out_
         reply = Reply.model_validate(_json_object(content), context={"capabilities": tuple(caps)})
     except ValidationError as e:
         raise Rejected(meta.reason(e)) from None
-    problem = kind_problem(task.kind, reply.response, task.target, len(task.inputs))
+    problem = kind_problem(task.kind, reply.response, task.target, len(task.inputs), noun="reply")
     if problem:
-        raise Rejected(problem.replace("example", "reply"))
+        raise Rejected(problem)
     media = [(_relative(c.media, out_dir), c.modality) for c in task.inputs]
     doc = {"id": record_id, "source": source,
            "messages": [user(reply.instruction, *media),

@@ -104,7 +104,8 @@ class Seed(_Strict):
         return {inv.capability for inv in self.response.invocations} or {"text"}
 
 
-def kind_problem(kind: str, response: meta.MetaResponse, target: str | None, n_inputs: int) -> str | None:
+def kind_problem(kind: str, response: meta.MetaResponse, target: str | None, n_inputs: int,
+                 noun: str = "example") -> str | None:
     """Why a response does not fit its instruction kind, or None.
 
     Shared by seed validation and reply checking, so the examples shown to the API obey the
@@ -113,16 +114,16 @@ def kind_problem(kind: str, response: meta.MetaResponse, target: str | None, n_i
     calls = [inv.capability for inv in response.invocations]
     if kind == "output-side":
         if not calls:
-            return "an output-side example must call a generator"
+            return f"an output-side {noun} must call a generator"
         if target is not None and target not in calls:
-            return f"an output-side example for {target} must call {target} (it calls {', '.join(calls)})"
+            return f"an output-side {noun} for {target} must call {target} (it calls {', '.join(calls)})"
         return None
     if calls:
-        return f"a {kind} example answers in text only (it calls {', '.join(calls)})"
+        return f"a {kind} {noun} answers in text only (it calls {', '.join(calls)})"
     if not response.text.strip():
-        return f"a {kind} example needs a text answer"
+        return f"a {kind} {noun} needs a text answer"
     if kind == "input-side" and n_inputs == 0:
-        return "an input-side example needs at least one input"
+        return f"an input-side {noun} needs at least one input"
     return None
 
 
