@@ -21,6 +21,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from modaverse.errors import ConfigError
+from modaverse.evaluation.benchmarks import BENCHMARKS
 from modaverse.imagebind.config import ImageBindConfig, list_archs
 from modaverse.media import MediaConfig
 from modaverse.modality import MODALITIES, Modality
@@ -193,6 +194,55 @@ class TrainConfig(_Strict):
     seed: int | None = Field(None, description="data order and init seed; null = the global seed")
 
 
+EVAL_CACHE = "~/.cache/modaverse/eval"
+EVAL_INSTRUCTIONS = {name: b.instruction for name, b in BENCHMARKS.items()}
+
+
+class EvalConfig(_Strict):
+    """``modaverse eval``: feature extractors and benchmark settings (docs/evaluation.md).
+
+    The weight files are the ones published numbers were computed with; a missing file is
+    downloaded from its ``*_url`` when online, else named in a one-line error. ``null``
+    weights build the network with seeded random weights: only for tests and the tiny
+    profile, and the results say so.
+    """
+
+    device: Device = Field("auto", description="device of the feature extractors")
+    batch_size: int = Field(16, ge=1, description="files per forward pass of a feature extractor")
+    seed: int = Field(0, description="seed of random feature extractors and of the Inception Score's split order")
+    inception_weights: str | None = Field(
+        f"{EVAL_CACHE}/weights-inception-2015-12-05-6726825d.pth",
+        description="FID Inception-v3 (torch-fidelity / pytorch-fid file); null = random (tests only)")
+    inception_url: str | None = Field(
+        "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
+        description="where inception_weights is downloaded from when missing")
+    panns_weights: str | None = Field(
+        f"{EVAL_CACHE}/Cnn14_16k_mAP=0.438.pth", description="PANNs Cnn14 at 16 kHz (AudioLDM's FD/IS); null = random")
+    panns_url: str | None = Field("https://zenodo.org/record/3987831/files/Cnn14_16k_mAP%3D0.438.pth",
+                                  description="where panns_weights is downloaded from when missing")
+    panns_width: int = Field(64, ge=1, description="Cnn14 channels of the first block (64; smaller only when random)")
+    clip_model: str | None = Field(
+        "openai/clip-vit-base-patch32", description="CLIP for CLIPSIM: hub id or local folder; null = tiny random")
+    video_frames: int = Field(16, ge=1, description="frames sampled evenly from each video for FID and CLIPSIM")
+    audio_seconds: float = Field(10.0, gt=0, description="audio is cut or zero-padded to this length for FD/IS")
+    instructions: dict[str, str] = Field(
+        default_factory=lambda: dict(EVAL_INSTRUCTIONS),
+        description="request per benchmark (keys set here replace the defaults one by one): "
+        "<media> marks the input of a captioning benchmark, {caption} the caption of a generation one")
+
+    @field_validator("instructions")
+    @classmethod
+    def _merge_instructions(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(EVAL_INSTRUCTIONS))
+        if unknown:
+            raise ValueError(f"unknown benchmark {unknown[0]!r}; known: {', '.join(EVAL_INSTRUCTIONS)}")
+        for name, text in value.items():
+            need = "<media>" if BENCHMARKS[name].task == "caption" else "{caption}"
+            if text.count(need) != 1:
+                raise ValueError(f"{name}: the request must contain {need} once")
+        return {**EVAL_INSTRUCTIONS, **value}
+
+
 class Config(_Strict):
     base: str | None = Field(
         None, description="config this one extends (name or path); its keys apply unless set here")
@@ -207,6 +257,7 @@ class Config(_Strict):
     render: RenderConfig = Field(default_factory=RenderConfig)
     trainable: TrainableConfig = Field(default_factory=TrainableConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: str | None = Field(
         None, description="trained weights (a `modaverse train` run or step folder); null = untrained")
     zoo: dict[str, GeneratorConfig] = Field(
@@ -214,7 +265,8 @@ class Config(_Strict):
 
 
 #: Dotted keys holding file paths, resolved against the YAML file's folder.
-PATH_KEYS = ("encoder.weights", "llm.model", "checkpoint", "train.data", "train.eval_data", "train.feature_cache")
+PATH_KEYS = ("encoder.weights", "llm.model", "checkpoint", "train.data", "train.eval_data", "train.feature_cache",
+             "eval.inception_weights", "eval.panns_weights", "eval.clip_model")
 
 
 def list_configs() -> list[str]:

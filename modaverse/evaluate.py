@@ -7,7 +7,10 @@ greedy decoding under the meta-response grammar. Two scores:
 - ``capability_accuracy``: the answer calls the same capabilities, in order, as the
   reference (a text-only reply counts as the capability ``text``);
 - ``prompt_exact_match``: additionally, every generator prompt (or, for a text reply, the
-  text) is identical after collapsing whitespace.
+  text) is identical after collapsing whitespace;
+- ``prompt_bleu``: corpus BLEU-4 of the prompts (or text) against the reference's, from
+  pycocoevalcap's BLEU over lower-cased word tokens (no Java needed), so near misses
+  count for something.
 
 Media features come from the same cache as training, so scoring a held-out set after a run
 costs one encoding pass at most.
@@ -15,7 +18,9 @@ costs one encoding pass at most.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -29,6 +34,18 @@ def outcome(m: MetaResponse) -> tuple[tuple[str, ...], tuple[str, ...]]:
     if not m.invocations:
         return ("text",), (" ".join(m.text.split()),)
     return tuple(i.capability for i in m.invocations), tuple(" ".join(i.prompt.split()) for i in m.invocations)
+
+
+def _words(prompts: tuple[str, ...]) -> str:
+    return " ".join(re.findall(r"\w+", " ".join(prompts).lower())) or "_"
+
+
+def _bleu4(hypotheses: dict[str, list[str]], references: dict[str, list[str]]) -> float:
+    from pycocoevalcap.bleu.bleu import Bleu
+
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # it prints its own summary
+        scores, _ = Bleu(4).compute_score(references, hypotheses)
+    return float(scores[3])
 
 
 def evaluate_invocations(config: Config, data: str | os.PathLike, *, limit: int | None = None,
@@ -54,7 +71,7 @@ def evaluate_invocations(config: Config, data: str | os.PathLike, *, limit: int 
     row = {k: i for i, k in enumerate(unique)}
 
     hits, exact, n = Counter(), Counter(), Counter()
-    wrong = []
+    wrong, hypotheses, references = [], {}, {}
     disable = None if progress is None else not progress
     for rec, media, ks in tqdm(list(zip(records, resolved, keys, strict=True)), desc="eval", unit="item",
                                disable=disable, file=sys.stderr, leave=False):
@@ -69,6 +86,7 @@ def evaluate_invocations(config: Config, data: str | os.PathLike, *, limit: int 
         hits[label] += got_caps == want_caps
         ok = got_caps == want_caps and got_prompts == want_prompts
         exact[label] += ok
+        hypotheses[rec.id], references[rec.id] = [_words(got_prompts)], [_words(want_prompts)]
         if not ok and len(wrong) < 5:
             wrong.append({"id": rec.id, "expected": rec.messages[-1].meta_response.as_dict(), "got": reply.meta.as_dict()})
     total = sum(n.values())
@@ -77,6 +95,7 @@ def evaluate_invocations(config: Config, data: str | os.PathLike, *, limit: int 
         "items": total,
         "capability_accuracy": round(sum(hits.values()) / total, 4) if total else None,
         "prompt_exact_match": round(sum(exact.values()) / total, 4) if total else None,
+        "prompt_bleu": round(_bleu4(hypotheses, references), 4) if total else None,
         "per_capability": {k: {"items": n[k], "capability_accuracy": round(hits[k] / n[k], 4),
                                "prompt_exact_match": round(exact[k] / n[k], 4)} for k in sorted(n)},
         "mistakes": wrong,

@@ -1,7 +1,9 @@
-"""Reading JSONL files line by line, with errors that name the file."""
+"""Reading JSONL files line by line, with errors that name the file, and resuming appended ones."""
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,3 +19,28 @@ def numbered_lines(path: str | Path, error: type[Exception], what: str = "JSONL"
         raise error(f"{path}: is a folder, expected a {what} file") from None
     with handle:
         yield from ((n, text) for n, text in enumerate(handle, 1) if text.strip())
+
+
+def drop_partial_line(path: Path, block: int = 1 << 16) -> None:
+    """A kill mid-write can leave a last line without its newline; it was never accepted.
+
+    Reads backwards from the end, a block at a time: the output may be gigabytes.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as f:
+        end = f.seek(0, os.SEEK_END)
+        f.seek(end - 1)
+        if f.read(1) == b"\n":
+            return
+        cut = end
+        while cut > 0:
+            start = max(0, cut - block)
+            f.seek(start)
+            newline = f.read(cut - start).rfind(b"\n")
+            if newline >= 0:
+                cut = start + newline + 1
+                break
+            cut = start
+        f.truncate(cut)
+    logging.getLogger("modaverse").warning("%s: removed an incomplete last line left by an interrupted run", path)

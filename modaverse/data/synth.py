@@ -283,3 +283,25 @@ def corpus() -> list[str]:
                 text, answer = kind(item, rng)
                 texts += [text, json.dumps(answer["meta_response"], separators=(",", ":"))]
     return texts + [f[0] for f in FOLLOW_UPS.values()]
+
+
+def write_benchmark_set(out_dir: str | Path, modality: str, num: int = 6, seed: int = 0) -> Path:
+    """A small dataset in ``modaverse eval run``'s layout: media plus ``annotations.jsonl``.
+
+    Two captions per item (the synthetic caption and a shorter one), so caption metrics
+    have several references, as COCO, AudioCaps and MSR-VTT do.
+    """
+    from modaverse.atomic import write_text_atomic
+
+    out_dir = Path(out_dir)
+    (out_dir / modality).mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    write, ext = WRITERS[modality]
+    lines = []
+    for i, item in enumerate(_items(rng, num * 3)[("image", "video", "audio").index(modality)::3]):
+        name = f"{modality}/{i:05d}.{ext}"
+        write(item, out_dir / name, rng)
+        short = f"the sound of {item.noise}" if modality == "audio" else f"a {item.colour} {item.shape}"
+        lines.append(json.dumps({"id": f"{modality}-{i:05d}", "file": name, "captions": [item.caption, short]}))
+    write_text_atomic(out_dir / "annotations.jsonl", "".join(line + "\n" for line in lines))
+    return out_dir

@@ -115,7 +115,8 @@ def _captured_output() -> Iterator[None]:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         try:
-            yield
+            with contextlib.redirect_stdout(log):  # Python-level prints too, when sys.stdout is not fd 1
+                yield
         except Exception as e:
             sys.stdout.flush()
             log.seek(0)
@@ -159,7 +160,7 @@ def score(predictions: dict[str, str], references: dict[str, list[str]], spice: 
         result["METEOR"] = float(Meteor().compute_score(gts, res)[0])
         result["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
         result["CIDEr-D"] = float(Cider().compute_score(gts, res)[0])
-        why_not = spice_status() if spice else "not asked for"
+        why_not = spice_status() if spice else "SPICE and SPIDEr skipped (--no-spice)"
         if why_not is None:
             from pycocoevalcap.spice.spice import Spice
 

@@ -39,7 +39,7 @@ from modaverse.instruct.replies import Rejected, reply_schema, to_record
 from modaverse.instruct.settings import Settings
 from modaverse.instruct.sources import Templates, load_captions, load_references, load_seeds, load_templates
 from modaverse.instruct.tasks import Planner, Task, messages
-from modaverse.jsonl import numbered_lines
+from modaverse.jsonl import drop_partial_line, numbered_lines
 
 log = logging.getLogger("modaverse.instructions")
 
@@ -106,31 +106,6 @@ def unit_price(settings: Settings) -> tuple[float, float] | None:
     return LIST_PRICES[names[0]] if names else None
 
 
-def _drop_partial_line(path: Path, block: int = 1 << 16) -> None:
-    """A kill mid-write can leave a last line without its newline; it was never accepted.
-
-    Reads backwards from the end, a block at a time: the output may be gigabytes.
-    """
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    with path.open("rb+") as f:
-        end = f.seek(0, os.SEEK_END)
-        f.seek(end - 1)
-        if f.read(1) == b"\n":
-            return
-        cut = end
-        while cut > 0:
-            start = max(0, cut - block)
-            f.seek(start)
-            newline = f.read(cut - start).rfind(b"\n")
-            if newline >= 0:
-                cut = start + newline + 1
-                break
-            cut = start
-        f.truncate(cut)
-    log.warning("%s: removed an incomplete last line left by an interrupted run", path)
-
-
 class Journal:
     """The run's three append-only files and what they say has been done."""
 
@@ -153,7 +128,7 @@ class Journal:
         from tqdm.auto import tqdm
 
         for path in (self.output, self.rejects_path, self.usage_path):
-            _drop_partial_line(path)
+            drop_partial_line(path)
         size = self.output.stat().st_size if self.output.is_file() else 0
         with tqdm(total=size, unit="B", unit_scale=True, desc="read back", file=sys.stderr, delay=1.0,
                   disable=None if progress else True, leave=False) as bar:

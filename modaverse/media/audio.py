@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from modaverse.errors import MediaError
 from modaverse.media.clips import clip_timepoints
-from modaverse.media.sniff import av_reason, check_complete, declared_seconds
+from modaverse.media.sniff import check_complete, declared_seconds, decoding
 
 KALDI_EPS = float(np.finfo(np.float32).eps)
 
@@ -87,24 +87,19 @@ def _check_wav_length(path: Path) -> None:
 def _decode_with_av(path: str | Path) -> tuple[np.ndarray, int]:
     import av
 
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise MediaError(path, "no audio stream found")
-            stream = container.streams.audio[0]
-            resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=stream.rate)
-            chunks = []
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray())
-            for out in resampler.resample(None):
+    with decoding(path, "audio"), av.open(str(path)) as container:
+        if not container.streams.audio:
+            raise MediaError(path, "no audio stream found")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=stream.rate)
+        chunks = []
+        for frame in container.decode(stream):
+            for out in resampler.resample(frame):
                 chunks.append(out.to_ndarray())
-            rate = stream.rate
-            declared = declared_seconds(container, stream)
-    except MediaError:
-        raise
-    except Exception as e:  # av raises many types for truncated/garbage files
-        raise MediaError(path, f"cannot decode audio ({av_reason(e)})") from None
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray())
+        rate = stream.rate
+        declared = declared_seconds(container, stream)
     if not chunks:
         raise MediaError(path, "audio stream holds no samples")
     samples = np.concatenate(chunks, axis=1).astype(np.float32)

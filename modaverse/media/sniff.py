@@ -8,6 +8,8 @@ they carry, and arrays (.npy) are told apart by shape.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from modaverse.errors import MediaError
@@ -92,6 +94,17 @@ def check_file(path: Path) -> tuple[str, str | None]:
         what = f"{kind} data" if kind else "not a recognisable file of that type"
         raise MediaError(path, f"mislabelled: the extension says {family} but the content is {what}")
     return family, kind
+
+
+@contextlib.contextmanager
+def decoding(path: str | Path, what: str) -> Iterator[None]:
+    """Turns whatever PyAV raises for a truncated or garbage file into one :class:`MediaError`."""
+    try:
+        yield
+    except MediaError:
+        raise
+    except Exception as e:  # av raises many types for truncated/garbage files
+        raise MediaError(path, f"cannot decode {what} ({av_reason(e)})") from None
 
 
 def av_reason(e: Exception) -> str:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from modaverse.errors import MediaError
 from modaverse.media.clips import clip_timepoints
 from modaverse.media.image import normalize
-from modaverse.media.sniff import av_reason, check_complete, declared_seconds
+from modaverse.media.sniff import check_complete, declared_seconds, decoding
 
 
 class VideoSpec(BaseModel):
@@ -52,31 +52,26 @@ def decode_frames(path: str | Path, spec: VideoSpec) -> tuple[np.ndarray, list[l
     """Returns the kept RGB frames [clips, frames, H, W, 3] uint8 and their stream indices."""
     import av
 
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise MediaError(path, "no video stream found")
-            stream = container.streams.video[0]
-            fps = float(stream.average_rate or stream.guessed_rate or 0)
-            num_frames = stream.frames or sum(1 for p in container.demux(stream) if p.size)
-            if num_frames <= 0 or fps <= 0:
-                raise MediaError(path, "video stream reports no frames or no frame rate")
-            check_complete(path, declared_seconds(container, stream), num_frames / fps)
-            indices = select_frames(num_frames, fps, spec)
-            wanted = {i for clip in indices for i in clip}
-            container.seek(0)
-            kept: dict[int, np.ndarray] = {}
-            decoded = 0
-            for i, frame in enumerate(container.decode(stream)):
-                decoded = i + 1
-                if i in wanted:
-                    kept[i] = frame.to_ndarray(format="rgb24")
-                if len(kept) == len(wanted):
-                    break
-    except MediaError:
-        raise
-    except Exception as e:  # av raises many types for truncated/garbage files
-        raise MediaError(path, f"cannot decode video ({av_reason(e)})") from None
+    with decoding(path, "video"), av.open(str(path)) as container:
+        if not container.streams.video:
+            raise MediaError(path, "no video stream found")
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 0)
+        num_frames = stream.frames or sum(1 for p in container.demux(stream) if p.size)
+        if num_frames <= 0 or fps <= 0:
+            raise MediaError(path, "video stream reports no frames or no frame rate")
+        check_complete(path, declared_seconds(container, stream), num_frames / fps)
+        indices = select_frames(num_frames, fps, spec)
+        wanted = {i for clip in indices for i in clip}
+        container.seek(0)
+        kept: dict[int, np.ndarray] = {}
+        decoded = 0
+        for i, frame in enumerate(container.decode(stream)):
+            decoded = i + 1
+            if i in wanted:
+                kept[i] = frame.to_ndarray(format="rgb24")
+            if len(kept) == len(wanted):
+                break
     if len(kept) < len(wanted):
         raise MediaError(
             path, f"only {decoded} of {num_frames} frames could be decoded (truncated file?)"
