@@ -54,6 +54,7 @@ bench: setup
 	$(BIN)/python benchmarks/zoo.py
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/instructions.py
+	$(BIN)/python benchmarks/eval_features.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache runs data/synth

@@ -41,6 +41,8 @@ def test_each_benchmark_runs_and_writes_the_papers_table(name, datasets, tiny_pi
         elif results["scored"] >= 2:
             assert isinstance(results["columns"][column.header], float), (column, results["notes"])
     if bench.task == "generate":
+        manifest = [json.loads(line) for line in (out / "generated.jsonl").read_text().splitlines()]
+        assert [m["file"] for m in manifest] == [r["file"] for r in rows if "file" in r]
         for r in rows:
             assert ("file" in r) != ("error" in r)
             if "file" in r:

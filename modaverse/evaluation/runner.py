@@ -39,6 +39,7 @@ from modaverse.jsonl import drop_partial_line, numbered_lines
 
 ANNOTATIONS = "annotations.jsonl"
 PREDICTIONS = "predictions.jsonl"
+MANIFEST = "generated.jsonl"
 IDENTITY = "run.json"
 
 
@@ -283,6 +284,10 @@ def run_benchmark(name: str, data: str | Path, config: Config, out: str | Path, 
             finally:
                 journal.close()
         done = _open_run(out, _identity(bench, data, config))
+    if bench.task == "generate":  # the outputs as `modaverse eval generation` reads them
+        write_text_atomic(out / MANIFEST, "".join(
+            json.dumps({"file": done[ex.id]["file"], "prompt": ex.captions[0]}, ensure_ascii=False) + "\n"
+            for ex in examples if "file" in done[ex.id]))
     metrics, notes = _score(bench, examples, done, out, config, spice, progress)
     failed = [ex.id for ex in examples if "error" in done[ex.id]]
     results = {
