@@ -400,6 +400,12 @@ def cmd_data(args: argparse.Namespace) -> int:
             train, test = synthesize(out, args.num, args.seed, args.test_fraction, per, on_progress=bar.update)
         count = [len(p.read_text().splitlines()) for p in (train, test)]
         print(f"wrote {count[0]} training and {count[1]} held-out conversations: {train}, {test}")
+        if args.benchmark_sets:
+            from modaverse.data.synth import write_benchmark_set
+
+            for modality in ("image", "video", "audio"):
+                folder = write_benchmark_set(out / "benchmarks" / modality, modality, args.benchmark_sets, args.seed + 1)
+                print(f"wrote {args.benchmark_sets} {modality} item(s) in `modaverse eval run`'s layout: {folder}")
         return 0
     if args.action == "validate":
         from modaverse.data.validate import report
@@ -628,6 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--test-fraction", type=_fraction, default=0.2, metavar="F", help="held-out share (default 0.2)")
     q.add_argument("--per-input", type=_positive_int, default=1, metavar="K",
                    help="conversations sharing each media file (default 1)")
+    q.add_argument("--benchmark-sets", type=_positive_int, metavar="N",
+                   help="also write N new items per modality under DIR/benchmarks/{image,video,audio}, "
+                   "in the dataset layout of `modaverse eval run` (try the runners offline)")
     q.add_argument("--force", action="store_true", help="replace existing train.jsonl/test.jsonl")
     q.set_defaults(func=cmd_data)
     q = dsub.add_parser("validate", help="report bad records with line numbers")

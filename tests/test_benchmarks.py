@@ -136,3 +136,13 @@ def test_cli_errors_are_one_line_and_keep_other_runs(datasets, tmp_path):
     r = run_cli("eval", "run", "coco-captions", "--data", datasets["image"], "-o", out)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "holds a different run (benchmark differs" in r.stderr
     assert (out / "predictions.jsonl").read_text() == '{"id": "x", "caption": "kept"}\n'
+
+
+def test_data_synth_writes_benchmark_sets_in_the_documented_layout(tmp_path):
+    r = run_cli("data", "synth", "-o", tmp_path, "--num", "3", "--benchmark-sets", "2")
+    assert r.returncode == 0, r.stderr
+    for modality in ("image", "video", "audio"):
+        root = tmp_path / "benchmarks" / modality
+        rows = [json.loads(line) for line in (root / "annotations.jsonl").read_text().splitlines()]
+        assert len(rows) == 2 and all((root / row["file"]).is_file() and len(row["captions"]) == 2 for row in rows)
+        assert f"{root}" in r.stdout
