@@ -24,9 +24,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
+def _add_config_args(p: argparse.ArgumentParser, default: str = "tiny") -> None:
     p.add_argument("--config", "-c", default=None,
-                   help="packaged config name (see `modaverse configs`) or YAML path; default: tiny")
+                   help=f"packaged config name (see `modaverse configs`) or YAML path; default: {default}")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set encoder.device=cpu (repeatable)")
 
@@ -455,10 +455,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result = score(read_predictions(args.predictions), read_references(args.references),
                        spice=not args.no_spice)
     elif args.benchmark == "generation":
+        from modaverse.config import load_config
         from modaverse.evaluation.extractors import Extractors
         from modaverse.evaluation.generation import read_side, score
 
-        config = _config(args)
+        # Scoring outside a run defaults to the published feature networks, never the tiny profile's random ones.
+        config = load_config(args.config or "modaverse-7b", args.overrides)
         result = score(args.kind, read_side(args.generated, args.kind, "generated"),
                        read_side(args.reference, args.kind, "reference"), Extractors(config.eval),
                        seed=config.eval.seed)
@@ -759,7 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--kind", required=True, choices=["image", "video", "audio"], help="what was generated")
     q.add_argument("--generated", "-g", required=True, metavar="G", help="generated media: folder or manifest")
     q.add_argument("--reference", "-r", required=True, metavar="R", help="reference media: folder or manifest")
-    _add_config_args(q)
+    _add_config_args(q, default="modaverse-7b, whose eval.* keys name the published feature-network weights")
     q.set_defaults(func=cmd_eval)
     q = esub.add_parser("invocations", help="capability accuracy and prompt match of meta-responses",
                         description="For each record of --data, answer the conversation up to its last "

@@ -145,12 +145,19 @@ def test_eval_generation_cli_scores_videos_with_clipsim(tmp_path):
     manifest = tmp_path / "gen.jsonl"
     manifest.write_text("".join(json.dumps({"file": f"gen/v{i}.mp4", "prompt": f"a moving bar {i}"}) + "\n"
                                 for i in range(3)))
-    r = run_cli("eval", "generation", "--kind", "video", "-g", str(manifest), "-r", str(tmp_path / "ref"))
+    r = run_cli("eval", "generation", "--kind", "video", "-g", str(manifest), "-r", str(tmp_path / "ref"),
+                "--config", "tiny")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["items"] == 3 and out["reference_items"] == 3
     assert set(out["metrics"]) == {"FID", "CLIPSIM"} and -1 <= out["metrics"]["CLIPSIM"] <= 1
-    r = run_cli("eval", "generation", "--kind", "video", "-g", str(tmp_path / "gen"), "-r", str(tmp_path / "ref"))
+    r = run_cli("eval", "generation", "--kind", "video", "-g", str(tmp_path / "gen"), "-r", str(tmp_path / "ref"),
+                "-c", "tiny")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "CLIPSIM needs each generated video's prompt" in r.stderr
     r = run_cli("eval", "generation", "--kind", "image", "-g", str(tmp_path / "gen"), "-r", str(tmp_path / "ref"))
     assert r.returncode == 2 and "no image files" in r.stderr and str(tmp_path / "gen") in r.stderr
+    # Without --config the published networks are used: offline, a missing file is named, with its URL.
+    r = run_cli("eval", "generation", "--kind", "video", "-g", str(manifest), "-r", str(tmp_path / "ref"),
+                "--set", f"eval.inception_weights={tmp_path / 'inception.pth'}")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert str(tmp_path / "inception.pth") in r.stderr and "weights-inception-2015-12-05-6726825d.pth" in r.stderr
