@@ -1,0 +1,182 @@
+"""The REST API and the web demo on one FastAPI server (``modaverse serve``).
+
+| route | what |
+|---|---|
+| ``POST /v1/generate`` | multipart: ``instruction`` and ``files`` (any number of inputs); returns the meta-response and URLs of the outputs |
+| ``GET /v1/outputs/{id}/{name}`` | a generated file; ``id`` is 128 random bits, so outputs cannot be found by guessing |
+| ``GET /healthz`` | liveness, the loaded config, capabilities and queue depth |
+| ``GET /openapi.json``, ``/docs`` | the schema FastAPI derives from the models below |
+| ``/`` | the Gradio chat demo (:mod:`.ui`) |
+
+The pipeline is built in the app's lifespan, so importing this module loads nothing and
+the server answers only once the models are ready. Errors are JSON ``{"detail": "..."}``
+with one line naming the culprit: 413 (too large), 415 (unsupported type), 422 (a file
+that does not decode, bad settings), 503 with ``Retry-After`` (queue full), 500 (the
+request failed inside the model; the server carries on).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, Field
+
+from modaverse import __version__
+from modaverse.config import MIN_NEW_TOKENS, Config
+from modaverse.errors import ModaverseError
+from modaverse.serve.service import (
+    Busy,
+    Limits,
+    Service,
+    Settings,
+    UploadError,
+    check_upload,
+    safe_name,
+    upload_folder,
+)
+
+log = logging.getLogger("modaverse.serve")
+MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".mp4": "video/mp4", ".webm": "video/webm",
+               ".wav": "audio/wav", ".flac": "audio/flac", ".gif": "image/gif"}
+
+
+class Output(BaseModel):
+    name: str
+    url: str
+    media_type: str
+
+
+class GenerateResponse(BaseModel):
+    id: str = Field(description="this request's output folder id (128 random bits)")
+    text: str = Field(description="the reply's text")
+    meta_response: dict = Field(description="the validated meta-response: text and invocations")
+    outputs: list[Output] = Field(description="files rendered by the invocations")
+    render_errors: list[str] = Field(description="invocations that failed to render, with the reason")
+    inputs: list[dict] = Field(description="the uploaded inputs and the modality each was read as")
+    timings: dict[str, float] = Field(description="seconds per stage")
+    queued_s: float = Field(description="seconds spent waiting for the model")
+
+
+class Health(BaseModel):
+    status: str
+    config: str
+    capabilities: list[str]
+    modalities: list[str]
+    queue: dict[str, int]
+    served: int
+    uptime_s: float
+
+
+ERRORS = {code: {"description": text, "content": {"application/json": {"example": {"detail": "..."}}}}
+          for code, text in ((413, "an upload over the size or count limit"), (415, "an unsupported file type"),
+                             (422, "a file that does not decode, or invalid settings"),
+                             (503, "the queue is full; retry after Retry-After seconds"),
+                             (500, "the request failed inside the model"))}
+
+
+def create_app(config: Config, outputs: Path, limits: Limits | None = None, *, ui: bool = True,
+               pipe=None) -> FastAPI:
+    """The server; the models load when it starts (``pipe`` reuses one already built, for tests)."""
+    limits = limits or Limits()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        from modaverse.pipeline import ModaVerse
+
+        log.info("loading %s", config.name)
+        app.state.service = Service(pipe or ModaVerse.from_config(config), outputs, limits)
+        log.info("ready")
+        yield
+
+    app = FastAPI(title="modaverse", version=__version__, lifespan=lifespan,
+                  description="Any-to-any multimodal assistant: inputs in, a meta-response and rendered outputs out.")
+    body_cap = limits.max_files * limits.max_upload_bytes + (1 << 20)
+
+    @app.middleware("http")
+    async def refuse_oversized_bodies(request: Request, call_next):
+        """A body over every file's limit together is refused from its header, before it is read."""
+        size = request.headers.get("content-length")
+        if request.method == "POST" and size and size.isdigit() and int(size) > body_cap:
+            return JSONResponse({"detail": f"request body of {int(size) / 1048576:.1f} MB is over the "
+                                 f"{body_cap / 1048576:.0f} MB limit"}, status_code=413)
+        return await call_next(request)
+
+    @app.get("/healthz", response_model=Health, summary="liveness and queue depth")
+    def healthz(request: Request) -> dict:
+        return request.app.state.service.status()
+
+    @app.post("/v1/generate", response_model=GenerateResponse, responses=ERRORS, summary="one request")
+    def generate(
+        request: Request,
+        instruction: Annotated[str, Form(description="the request; <media> marks where each file goes")] = "",
+        files: Annotated[list[UploadFile], File(description="inputs: image, video, audio, depth, thermal, IMU")] = [],  # noqa: B006 (FastAPI copies defaults)
+        modalities: Annotated[str | None, Form(description="comma-separated modality per file; empty = detect")] = None,
+        temperature: Annotated[float | None, Form(ge=0, le=5, description="0 = greedy; null = the config's")] = None,
+        max_new_tokens: Annotated[int | None, Form(ge=MIN_NEW_TOKENS, le=8192, description="cap on reply tokens")] = None,
+        seed: Annotated[int | None, Form(description="sampling and rendering seed")] = None,
+        constrained: Annotated[bool | None, Form(description="decode under the meta-response grammar")] = None,
+    ) -> dict:
+        service: Service = request.app.state.service
+        kinds = [m.strip() or None for m in modalities.split(",")] if modalities else [None] * len(files)
+        if len(kinds) != len(files):
+            raise HTTPException(422, f"modalities lists {len(kinds)} entries for {len(files)} files")
+        if not instruction.strip() and not files:
+            raise HTTPException(422, "empty request: give an instruction, files, or both")
+        try:
+            for f, kind in zip(files, kinds, strict=True):
+                check_upload(f.filename or "upload", f.size or 0, limits, kind)
+            with upload_folder() as tmp:
+                saved = []
+                for i, (f, kind) in enumerate(zip(files, kinds, strict=True)):
+                    path = Path(tmp) / str(i) / safe_name(f.filename or "upload")  # errors show the client's name
+                    path.parent.mkdir()
+                    with path.open("wb") as out:
+                        while chunk := f.file.read(1 << 20):
+                            out.write(chunk)
+                    saved.append((path, kind))
+                items = service.load_inputs(saved)
+                result = service.generate(instruction, items, settings=Settings(temperature, max_new_tokens,
+                                                                                 seed, constrained))
+                names = {str(path): f.filename for (path, _), f in zip(saved, files, strict=True)}
+        except UploadError as e:
+            raise HTTPException(e.status, str(e)) from None
+        except Busy as e:
+            raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
+        except ModaverseError as e:
+            raise HTTPException(422, str(e)) from None
+        except Exception as e:  # one request's failure stays in its own response
+            log.exception("request failed")
+            raise HTTPException(500, f"the request failed: {type(e).__name__}: {e}") from None
+        turn = result.turn
+        return {
+            "id": result.id, "text": turn.text, "meta_response": turn.meta.as_dict(),
+            "outputs": [{"name": p.name, "url": str(request.url_for("output", rid=result.id, name=p.name)),
+                         "media_type": MEDIA_TYPES.get(p.suffix.lower(), "application/octet-stream")}
+                        for p in turn.outputs],
+            "render_errors": turn.errors,
+            "inputs": [{"name": names.get(i.path, Path(i.path).name), "modality": i.modality} for i in turn.inputs],
+            "timings": {k: round(v, 4) for k, v in turn.timings.items()}, "queued_s": round(result.queued_s, 4),
+        }
+
+    @app.get("/v1/outputs/{rid}/{name}", name="output", summary="a generated file", responses={404: {}})
+    def output(request: Request, rid: str, name: str):
+        path = request.app.state.service.output_path(rid, name)
+        if path is None:
+            raise HTTPException(404, "no such output")
+        return FileResponse(path, media_type=MEDIA_TYPES.get(path.suffix.lower()))
+
+    if ui:
+        import gradio as gr
+
+        from modaverse.serve.ui import build_ui
+
+        blocks = build_ui(lambda: app.state.service, limits)
+        blocks.queue(max_size=limits.queue_size, default_concurrency_limit=1)
+        app = gr.mount_gradio_app(app, blocks, path="/", allowed_paths=[str(outputs)], ssr_mode=False,
+                                  footer_links=[], max_file_size=limits.max_upload_bytes)
+    return app

@@ -1,0 +1,166 @@
+"""The one assistant a server shares between its web demo and its REST API.
+
+Why a service object: the pipeline is built once, at start-up (never at import), and
+holds one model that runs one request at a time. Requests wait in a bounded queue; when
+``queue_size`` are already waiting, the next is refused at once (:class:`Busy`, HTTP 503)
+rather than piling up. Each request renders into a folder named by 128 random bits, so one
+client's outputs cannot be found by guessing URLs. A request that fails raises inside its
+own call only: the model, the lock and the queue are left as they were.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modaverse.errors import ModaverseError
+from modaverse.media.sniff import SUPPORTED
+from modaverse.modality import MODALITIES
+
+ID_PATTERN = re.compile(r"[0-9a-f]{32}")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+class Busy(ModaverseError):
+    """The queue is full; the client should retry later (HTTP 503)."""
+
+
+class UploadError(ModaverseError):
+    """An upload refused before any model work, with the HTTP status that says why."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may send and how many may wait; the ``serve`` flags set them."""
+
+    max_upload_mb: float = 50.0
+    max_files: int = 8
+    queue_size: int = 8
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+@dataclass
+class Settings:
+    """Per-request generation settings (``None`` keeps the config's)."""
+
+    temperature: float | None = None
+    max_new_tokens: int | None = None
+    seed: int | None = None
+    constrained: bool | None = None
+
+
+@dataclass
+class Result:
+    id: str
+    turn: object  # modaverse.pipeline.Turn
+    folder: Path
+    queued_s: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def safe_name(name: str) -> str:
+    """A client's file name reduced to a plain, non-hidden base name (its extension kept)."""
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name or "upload").name).lstrip("._") or "upload"
+    return base[-100:]
+
+
+def check_upload(name: str, size: int, limits: Limits, modality: str | None = None) -> None:
+    """Refuses what is clearly not an input before it is read: too large (413) or of an unknown type (415)."""
+    if size > limits.max_upload_bytes:
+        raise UploadError(f"{name}: {size / 1048576:.1f} MB is over the {limits.max_upload_mb:g} MB upload limit", 413)
+    ext = Path(name or "").suffix.lower()
+    if ext not in SUPPORTED:
+        raise UploadError(f"{name}: unsupported file type {ext or '(no extension)'!r}; "
+                          f"supported: {' '.join(SUPPORTED)}", 415)
+    if modality is not None and modality not in MODALITIES:
+        raise UploadError(f"{name}: unknown modality {modality!r}; choose from {', '.join(MODALITIES)}", 422)
+
+
+class Service:
+    """One pipeline, one request at a time, at most ``limits.queue_size`` waiting."""
+
+    def __init__(self, pipe, outputs: Path, limits: Limits | None = None):
+        self.pipe, self.outputs, self.limits = pipe, Path(outputs), limits or Limits()
+        limits = self.limits
+        self.outputs.mkdir(parents=True, exist_ok=True)
+        self._run = threading.Lock()
+        self._slots = threading.BoundedSemaphore(limits.queue_size + 1)  # the running one + those waiting
+        self._count = threading.Lock()
+        self.waiting = 0
+        self.served = 0
+        self.started = time.time()
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        return tuple(self.pipe.capabilities)
+
+    def status(self) -> dict:
+        return {"status": "ok", "config": self.pipe.config.name, "capabilities": list(self.capabilities),
+                "modalities": list(self.pipe.encoder.modalities), "queue": {"waiting": self.waiting,
+                "size": self.limits.queue_size}, "served": self.served,
+                "uptime_s": round(time.time() - self.started, 1)}
+
+    def load_inputs(self, files: list[tuple[Path, str | None]]) -> list:
+        """Decodes saved uploads; a file that is not what it claims is a 422 naming it and why."""
+        if len(files) > self.limits.max_files:
+            raise UploadError(f"{len(files)} files: at most {self.limits.max_files} per request", 413)
+        items = []
+        for path, modality in files:
+            try:
+                items.append(self.pipe.encoder.load(path, modality))
+            except ModaverseError as e:  # undecodable, mislabelled, or a modality this config has no tower for
+                raise UploadError(str(e).replace(str(path.parent) + "/", ""), 422) from None
+        return items
+
+    def generate(self, instruction: str, inputs: list, history: list | None = None,
+                 settings: Settings | None = None) -> Result:
+        """Runs one request when its turn comes; :class:`Busy` at once when the queue is full."""
+        if not self._slots.acquire(blocking=False):
+            raise Busy(f"the server is busy ({self.limits.queue_size} requests waiting); retry shortly")
+        settings = settings or Settings()
+        try:
+            with self._count:
+                self.waiting += 1
+            t = time.perf_counter()
+            with self._run:
+                with self._count:
+                    self.waiting -= 1
+                queued = time.perf_counter() - t
+                rid = secrets.token_hex(16)
+                folder = self.outputs / rid
+                try:
+                    turn = self.pipe(instruction, inputs, history or [], output_dir=folder,
+                                     temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
+                                     seed=settings.seed, constrained=settings.constrained)
+                except BaseException:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    raise
+                self.served += 1
+            return Result(rid, turn, folder, queued)
+        finally:
+            self._slots.release()
+
+    def output_path(self, rid: str, name: str) -> Path | None:
+        """The file behind ``/v1/outputs/{rid}/{name}``, or None: only generated files, never a path escape."""
+        if not ID_PATTERN.fullmatch(rid) or not NAME_PATTERN.fullmatch(name):
+            return None
+        path = self.outputs / rid / name
+        return path if path.is_file() else None
+
+
+def upload_folder() -> tempfile.TemporaryDirectory:
+    """Where one request's uploads live while it runs (removed afterwards)."""
+    return tempfile.TemporaryDirectory(prefix="modaverse-upload-")

@@ -1,0 +1,193 @@
+"""`modaverse serve`: a real server subprocess on loopback, real multipart uploads, a real browser."""
+
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests import media_factory
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, tmp: Path, *args: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = (tmp / "server.log").open("w+")
+        exe = Path(sys.executable).parent / "modaverse"
+        self.proc = subprocess.Popen([str(exe), "serve", "--port", str(self.port), "--outputs", str(tmp / "outputs"),
+                                      *args], stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "OMP_NUM_THREADS": "1"})
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            assert self.proc.poll() is None, self.output()
+            try:
+                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        raise AssertionError("server did not come up:\n" + self.output())
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serve")
+    s = Server(tmp, "--queue-size", "2", "--max-upload-mb", "1", "--max-files", "3")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory):
+    from modaverse.data.synth import write_benchmark_set
+
+    root = write_benchmark_set(tmp_path_factory.mktemp("pic"), "image", num=1, seed=3)
+    return root / "image" / "00000.png"
+
+
+def post(server, data=None, files=None, timeout=120):
+    return httpx.post(server.url + "/v1/generate", data=data or {}, files=files or [], timeout=timeout)
+
+
+def test_binds_loopback_and_reports_health(server):
+    health = httpx.get(server.url + "/healthz").json()
+    assert health["status"] == "ok" and health["config"] == "tiny"
+    assert "text-to-image" in health["capabilities"] and len(health["modalities"]) == 6
+    assert f"Uvicorn running on http://127.0.0.1:{server.port}" in server.output()
+    assert "gradio.live" not in server.output() and "share" not in server.output().lower()
+
+
+def test_generate_with_an_upload_returns_the_meta_response_and_fetchable_outputs(server, picture):
+    with picture.open("rb") as f:
+        r = post(server, {"instruction": "Draw a picture like <media>."}, [("files", ("shape.png", f, "image/png"))])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert re.fullmatch(r"[0-9a-f]{32}", body["id"])
+    assert body["inputs"] == [{"name": "shape.png", "modality": "image"}]
+    assert [i["capability"] for i in body["meta_response"]["invocations"]] == ["text-to-image"]
+    assert len(body["outputs"]) == 1 and body["outputs"][0]["media_type"] == "image/png"
+    got = httpx.get(body["outputs"][0]["url"])
+    assert got.status_code == 200 and got.headers["content-type"] == "image/png"
+    assert got.content.startswith(b"\x89PNG")
+
+
+def test_text_only_and_settings(server):
+    r = post(server, {"instruction": "Generate the sound of a low hum.", "temperature": "0", "seed": "3"})
+    assert r.status_code == 200, r.text
+    assert r.json()["outputs"][0]["media_type"] == "audio/wav"
+
+
+def test_outputs_cannot_be_guessed_or_escaped(server):
+    for path in (f"/v1/outputs/{secrets.token_hex(16)}/image.png", "/v1/outputs/0/image.png",
+                 "/v1/outputs/..%2F..%2Fetc/passwd", f"/v1/outputs/{secrets.token_hex(16)}/..%2Fserver.log"):
+        assert httpx.get(server.url + path).status_code == 404, path
+
+
+@pytest.mark.parametrize("name, content, status, reason", [
+    ("broken.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, 422, "broken.png: cannot decode image"),
+    ("song.mp3", b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, 422, "song.mp3: mislabelled"),
+    ("tool.exe", b"MZ" + b"\x00" * 64, 415, "tool.exe: unsupported file type '.exe'"),
+    ("huge.wav", b"RIFF" + b"\x00" * (1024 * 1024 + 10), 413, "huge.wav: 1.0 MB is over the 1 MB upload limit"),
+])
+def test_bad_uploads_get_4xx_with_the_reason(server, name, content, status, reason):
+    r = post(server, {"instruction": "Describe <media>."}, [("files", (name, content))])
+    assert r.status_code == status, r.text
+    assert reason in r.json()["detail"]
+
+
+def test_bad_requests_are_422_and_leave_the_server_working(server, picture):
+    assert post(server, {}).status_code == 422
+    r = post(server, {"instruction": "hi", "temperature": "9"})
+    assert r.status_code == 422 and "temperature" in r.text
+    r = post(server, {"instruction": "Describe <media>.", "modalities": "image,audio"},
+             [("files", ("a.png", picture.read_bytes()))])
+    assert r.status_code == 422 and "2 entries for 1 files" in r.json()["detail"]
+    r = post(server, {"instruction": "Describe <media>.", "modalities": "smell"}, [("files", ("a.png", b"x"))])
+    assert r.status_code == 422 and "unknown modality 'smell'" in r.json()["detail"]
+    files = [("files", (f"{i}.png", picture.read_bytes())) for i in range(4)]
+    r = post(server, {"instruction": "Describe these."}, files)
+    assert r.status_code == 413 and "at most 3 per request" in r.json()["detail"]
+    big = httpx.post(server.url + "/v1/generate", content=b"x" * (5 * 1024 * 1024),
+                     headers={"content-type": "multipart/form-data; boundary=b"})
+    assert big.status_code == 413 and "over the 4 MB limit" in big.json()["detail"]
+    ok = post(server, {"instruction": "Describe <media>."}, [("files", ("a.png", picture.read_bytes()))])
+    assert ok.status_code == 200 and ok.json()["text"]
+
+
+def test_openapi_schema_lists_the_routes(server):
+    schema = httpx.get(server.url + "/openapi.json").json()
+    assert {"/v1/generate", "/v1/outputs/{rid}/{name}", "/healthz"} <= set(schema["paths"])
+    assert {"413", "415", "422", "503"} <= set(schema["paths"]["/v1/generate"]["post"]["responses"])
+
+
+def test_a_full_queue_refuses_cleanly_and_loses_nothing(server):
+    """Queue of 2 (+1 running): a burst of 12 gets answers or 503s with Retry-After, nothing else."""
+    codes, errors = [], []
+
+    def one(i):
+        try:
+            r = post(server, {"instruction": "Make a video of a red circle moving.", "seed": str(i)}, timeout=300)
+            codes.append((r.status_code, r.headers.get("retry-after")))
+        except Exception as e:  # a lost request
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(codes) == 12
+    assert {c for c, _ in codes} <= {200, 503}
+    assert any(c == 503 for c, _ in codes) and sum(c == 200 for c, _ in codes) >= 3
+    assert all(ra == "1" for c, ra in codes if c == 503)
+    assert httpx.get(server.url + "/healthz").json()["queue"]["waiting"] == 0
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make setup installs it)")
+def test_browser_uploads_an_image_and_sees_the_generated_output(server, picture, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1200, "height": 1000})
+        page.goto(server.url + "/")
+        page.locator("#request input[type=file]").set_input_files(str(picture))
+        box = page.locator("#request textarea")
+        box.fill("Draw a picture like <media>.")
+        expect(page.locator("#request img").first).to_be_visible(timeout=30_000)  # the attachment's preview
+        box.press("Enter")
+        bot = page.locator(".message.bot img, [data-testid=bot] img")
+        expect(bot.first).to_be_visible(timeout=120_000)
+        assert "Here is" in page.locator("[data-testid=bot]").first.inner_text()
+        page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
+        if os.environ.get("MODAVERSE_KEEP_SCREENSHOT"):
+            shutil.copy(tmp_path / "chat.png", os.environ["MODAVERSE_KEEP_SCREENSHOT"])
+        browser.close()
+    assert (tmp_path / "chat.png").stat().st_size > 10_000
