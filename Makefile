@@ -12,10 +12,13 @@ setup: $(STAMP)
 
 # torch is pinned to the CPU build first: an unpinned resolve would pull several GB of CUDA wheels.
 # Java runs the caption metrics (pycocoevalcap's PTB tokenizer, METEOR, SPICE): Debian's headless JRE.
+# Chromium runs the browser test of `modaverse serve` (Playwright drives the system executable).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_NEEDS := $(shell command -v java >/dev/null 2>&1 || echo default-jre-headless) \
+	$(shell command -v chromium >/dev/null 2>&1 || echo chromium)
 $(STAMP): pyproject.toml
-	@command -v java >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq default-jre-headless; }
+	@test -z "$(strip $(APT_NEEDS))" || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_NEEDS); }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "torch==2.13.0"
 	$(BIN)/python -m pip install -q -e ".[dev]"
@@ -60,6 +63,7 @@ bench: setup
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/instructions.py
 	$(BIN)/python benchmarks/eval_features.py
+	$(BIN)/python benchmarks/serve.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache runs data/synth

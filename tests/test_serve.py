@@ -14,8 +14,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests import media_factory
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -170,10 +168,11 @@ def test_a_full_queue_refuses_cleanly_and_loses_nothing(server):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make setup installs it)")
 def test_browser_uploads_an_image_and_sees_the_generated_output(server, picture, tmp_path):
+    """Headless Debian chromium driven by Playwright: upload, ask, see the rendered image; then Retry and Clear."""
     from playwright.sync_api import expect, sync_playwright
 
+    assert CHROMIUM, "Debian's chromium is missing: `make setup` installs it"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1200, "height": 1000})
@@ -186,8 +185,29 @@ def test_browser_uploads_an_image_and_sees_the_generated_output(server, picture,
         bot = page.locator(".message.bot img, [data-testid=bot] img")
         expect(bot.first).to_be_visible(timeout=120_000)
         assert "Here is" in page.locator("[data-testid=bot]").first.inner_text()
+        page.locator("#retry").click()  # the same request again, as a new answer in place of the old one
+        expect(page.locator("[data-testid=bot] img")).to_have_count(1, timeout=120_000)
+        page.locator("text=Meta-response").click()
+        expect(page.locator("#meta")).to_contain_text("text-to-image")
         page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
         if os.environ.get("MODAVERSE_KEEP_SCREENSHOT"):
             shutil.copy(tmp_path / "chat.png", os.environ["MODAVERSE_KEEP_SCREENSHOT"])
+        page.locator("#clear").click()
+        expect(page.locator("[data-testid=bot]")).to_have_count(0, timeout=30_000)
         browser.close()
     assert (tmp_path / "chat.png").stat().st_size > 10_000
+
+
+def test_uploads_after_the_first_turn_join_the_conversation(tiny_pipe, picture, tmp_path):
+    """PandaGPT's demo ignored media sent after the first turn; here each turn's inputs are read."""
+    from modaverse.data.synth import write_benchmark_set
+    from modaverse.serve.service import Service
+
+    sound = write_benchmark_set(tmp_path / "s", "audio", num=1, seed=4) / "audio" / "00000.wav"
+    service = Service(tiny_pipe, tmp_path / "outputs")
+    first = service.generate("What is in this picture? <media>", service.load_inputs([(picture, None)]))
+    assert "green" in first.turn.text.lower()  # the picture is a green ring
+    second = service.generate("What do you hear in <media>?", service.load_inputs([(sound, None)]), [first.turn])
+    assert [i.modality for i in second.turn.inputs] == ["audio"]
+    assert any(w in second.turn.text.lower() for w in ("hum", "beep", "noise", "chirp")), second.turn.text
+    assert second.id != first.id

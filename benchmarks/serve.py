@@ -1,0 +1,111 @@
+"""50 concurrent REST requests against `modaverse serve` on the tiny profile.
+
+Starts the real server (a subprocess on loopback), fires ``--requests`` requests at once
+(each a text-to-image request with its own seed, half of them with an image upload), and
+reports how many were answered (200) or cleanly refused (503 + Retry-After), that none was
+lost, and the latency of the answered ones (p50/p95), plus the refusal latency.
+
+    python benchmarks/serve.py                          # 50 requests, queue 8
+    python benchmarks/serve.py --requests 200 --queue-size 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.test_serve import free_port  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return round(values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))], 3)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=50)
+    ap.add_argument("--queue-size", type=int, default=8)
+    ap.add_argument("--config", default="tiny")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve-tiny-cpu.json")
+    args = ap.parse_args()
+
+    from modaverse.data.synth import write_benchmark_set
+
+    tmp = Path(tempfile.mkdtemp(prefix="modaverse-bench-serve-"))
+    picture = write_benchmark_set(tmp / "data", "image", num=1) / "image" / "00000.png"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    exe = Path(sys.executable).parent / "modaverse"
+    server = subprocess.Popen([str(exe), "serve", "--config", args.config, "--port", str(port), "--no-ui",
+                               "--queue-size", str(args.queue_size), "--outputs", str(tmp / "outputs"),
+                               "--log-level", "warning"], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        start = time.time()
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.time() - start > 300:
+                raise SystemExit("the server did not start")
+            time.sleep(0.2)
+        ready_s = time.time() - start
+        results: list[tuple[int, float, str | None]] = []
+        lost: list[str] = []
+        barrier = threading.Barrier(args.requests)
+
+        def one(i: int) -> None:
+            data = {"instruction": "Draw a picture like <media>." if i % 2 else "Draw a red circle.", "seed": str(i)}
+            files = [("files", ("p.png", picture.read_bytes(), "image/png"))] if i % 2 else []
+            barrier.wait()
+            t = time.perf_counter()
+            try:
+                r = httpx.post(url + "/v1/generate", data=data, files=files, timeout=600)
+                results.append((r.status_code, time.perf_counter() - t, r.headers.get("retry-after")))
+            except Exception as e:
+                lost.append(f"{type(e).__name__}: {e}")
+
+        wall = time.perf_counter()
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(args.requests)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - wall
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    ok = [s for code, s, _ in results if code == 200]
+    refused = [s for code, s, ra in results if code == 503 and ra]
+    other = [code for code, _, ra in results if code != 200 and not (code == 503 and ra)]
+    report = {
+        "requests": args.requests, "queue_size": args.queue_size, "server_ready_s": round(ready_s, 1),
+        "answered": len(ok), "refused_503": len(refused), "other_status": other, "lost": lost,
+        "answered_p50_s": percentile(ok, 50), "answered_p95_s": percentile(ok, 95),
+        "refused_p50_s": percentile(refused, 50), "refused_p95_s": percentile(refused, 95),
+        "wall_s": round(wall, 2),
+    }
+    print(json.dumps(report, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    if lost or other or len(results) != args.requests:
+        raise SystemExit("some requests were lost or got an unexpected status")
+
+
+if __name__ == "__main__":
+    main()
