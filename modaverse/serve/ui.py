@@ -42,7 +42,7 @@ def build_ui(service: Callable[[], object], limits: Limits):
         svc = service()
         try:
             items = svc.load_inputs(_check_files(files, limits, None if modality == AUTO else modality))
-            result = svc.generate(text, items, turns, Settings(temperature, int(max_new_tokens), int(seed)))
+            result = svc.generate(text, items, turns, Settings(temperature, int(max_new_tokens), int(seed or 0)))
         except (UploadError, ModaverseError) as e:
             raise gr.Error(str(e)) from None
         turn = result.turn
@@ -62,7 +62,7 @@ def build_ui(service: Callable[[], object], limits: Limits):
         message = last["message"]
         shown = len(message.get("files", [])) + bool(message.get("text", "").strip())
         previous = chat[: _start_of_last_turn(chat, shown)]
-        return respond(message, previous, turns[:-1], modality, temperature, max_new_tokens, seed + 1)
+        return respond(message, previous, turns[:-1], modality, temperature, max_new_tokens, int(seed or 0) + 1)
 
     def clear():
         return None, [], [], {}, None
