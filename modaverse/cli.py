@@ -509,6 +509,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not loopback:
         print(f"modaverse: warning: serving on {args.host}: anyone who can reach this machine can use it "
               "(there is no authentication)", file=sys.stderr)
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
+        try:  # before the models load: a 7B model should not load only to find the port taken
+            probe.bind((args.host, args.port))
+        except OSError as e:
+            raise ModaverseError(f"cannot serve on {args.host}:{args.port}: {e.strerror or e}; "
+                                 "choose another --port or --host") from None
     outputs = Path(args.outputs) if args.outputs else Path(tempfile.mkdtemp(prefix="modaverse-serve-"))
     limits = Limits(args.max_upload_mb, args.max_files, args.queue_size)
     app = create_app(config, outputs, limits, ui=not args.no_ui)

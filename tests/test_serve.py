@@ -99,6 +99,14 @@ def test_text_only_and_settings(server):
     assert r.json()["outputs"][0]["media_type"] == "audio/wav"
 
 
+def test_a_taken_port_is_a_one_line_error_before_anything_loads(server):
+    from tests.conftest import run_cli
+
+    r = run_cli("serve", "--port", server.port, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert f"cannot serve on 127.0.0.1:{server.port}: Address already in use" in r.stderr
+
+
 def test_outputs_cannot_be_guessed_or_escaped(server):
     for path in (f"/v1/outputs/{secrets.token_hex(16)}/image.png", "/v1/outputs/0/image.png",
                  "/v1/outputs/..%2F..%2Fetc/passwd", f"/v1/outputs/{secrets.token_hex(16)}/..%2Fserver.log"):
