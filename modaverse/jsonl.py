@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -19,6 +20,20 @@ def numbered_lines(path: str | Path, error: type[Exception], what: str = "JSONL"
         raise error(f"{path}: is a folder, expected a {what} file") from None
     with handle:
         yield from ((n, text) for n, text in enumerate(handle, 1) if text.strip())
+
+
+def json_objects(path: str | Path, error: type[Exception], what: str = "JSONL", *,
+                 shape: str = "a JSON object", hint: str = "") -> Iterator[tuple[int, dict]]:
+    """(line number, object) of every non-blank line; bad JSON or a non-object raises ``error``
+    naming FILE:LINE (``shape`` says what an object should hold, ``hint`` what to do about it)."""
+    for number, text in numbered_lines(path, error, what):
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise error(f"{path}:{number}: invalid JSON ({e.msg} at column {e.colno}){hint}") from None
+        if not isinstance(row, dict):
+            raise error(f"{path}:{number}: expected {shape}{hint}")
+        yield number, row
 
 
 def drop_partial_line(path: Path, block: int = 1 << 16) -> None:

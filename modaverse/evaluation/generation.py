@@ -17,7 +17,6 @@ prompts, so a manifest on the generated side.
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 from torch import nn
 
 from modaverse.errors import ModaverseError
-from modaverse.jsonl import numbered_lines
+from modaverse.jsonl import json_objects
 
 SUFFIXES = {
     "image": (".png", ".jpg", ".jpeg", ".webp", ".bmp"),
@@ -99,12 +98,9 @@ def read_side(source: str | Path, kind: str, what: str) -> list[Item]:
             raise GenerationEvalError(f"{source}: no {kind} files ({', '.join(SUFFIXES[kind])}) in the {what} folder")
         return items
     items = []
-    for number, text in numbered_lines(source, GenerationEvalError, f"{what} manifest"):
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise GenerationEvalError(f"{source}:{number}: invalid JSON ({e.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("file"), str):
+    for number, row in json_objects(source, GenerationEvalError, f"{what} manifest",
+                                    shape='an object with a "file" string'):
+        if not isinstance(row.get("file"), str):
             raise GenerationEvalError(f"{source}:{number}: expected an object with a \"file\" string")
         path = (source.parent / row["file"]).resolve()
         if not path.is_file():

@@ -35,7 +35,7 @@ from modaverse.config import Config
 from modaverse.errors import MediaError, ModaverseError
 from modaverse.evaluation.benchmarks import BENCHMARKS, Benchmark
 from modaverse.evaluation.generation import SUFFIXES
-from modaverse.jsonl import drop_partial_line, numbered_lines
+from modaverse.jsonl import drop_partial_line, json_objects, numbered_lines
 
 ANNOTATIONS = "annotations.jsonl"
 PREDICTIONS = "predictions.jsonl"
@@ -62,14 +62,8 @@ def read_dataset(data: str | Path, bench: Benchmark, limit: int | None = None) -
     path = data / ANNOTATIONS
     out: list[Example] = []
     seen: set[str] = set()
-    for number, text in numbered_lines(path, BenchmarkError, "annotations"):
+    for number, row in json_objects(path, BenchmarkError, "annotations", shape="an object with id, file and captions"):
         where = f"{path}:{number}"
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise BenchmarkError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise BenchmarkError(f"{where}: expected an object with id, file and captions")
         key, file = row.get("id"), row.get("file")
         captions = row.get("captions", [row["caption"]] if isinstance(row.get("caption"), str) else None)
         if not isinstance(key, (str, int)) or isinstance(key, bool):

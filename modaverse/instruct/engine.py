@@ -39,7 +39,7 @@ from modaverse.instruct.replies import Rejected, reply_schema, to_record
 from modaverse.instruct.settings import Settings
 from modaverse.instruct.sources import Templates, load_captions, load_references, load_seeds, load_templates
 from modaverse.instruct.tasks import Planner, Task, messages
-from modaverse.jsonl import drop_partial_line, numbered_lines
+from modaverse.jsonl import drop_partial_line, json_objects, numbered_lines
 
 log = logging.getLogger("modaverse.instructions")
 
@@ -143,10 +143,9 @@ class Journal:
                 self.records += 1
                 self._mark(record.id)
                 dedup.admit(record.id or f"{self.output.name}:{number}", record)
-        for number, text in self._lines(self.rejects_path):
-            self._mark(self._json(self.rejects_path, number, text).get("id"))
-        for number, text in self._lines(self.usage_path):
-            row = self._json(self.usage_path, number, text)
+        for _, row in self._objects(self.rejects_path):
+            self._mark(row.get("id"))
+        for _, row in self._objects(self.usage_path):
             self.prompt_tokens += int(row.get("prompt_tokens") or 0)
             self.completion_tokens += int(row.get("completion_tokens") or 0)
 
@@ -156,14 +155,9 @@ class Journal:
             yield from numbered_lines(path, GenerationError)
 
     @staticmethod
-    def _json(path: Path, number: int, text: str) -> dict:
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise GenerationError(f"{path}:{number}: invalid JSON ({e.msg}); was this file edited?") from None
-        if not isinstance(row, dict):
-            raise GenerationError(f"{path}:{number}: expected a JSON object; was this file edited?")
-        return row
+    def _objects(path: Path) -> Iterator[tuple[int, dict]]:
+        if path.exists():
+            yield from json_objects(path, GenerationError, hint="; was this file edited?")
 
     def _mark(self, rid: str | None) -> None:
         m = _ID.match(rid or "")
