@@ -127,15 +127,17 @@ def _open_run(out: Path, identity: dict) -> dict[str, dict]:
 
 
 class _Journal:
-    """Appends one prediction per line and flushes it to disk before the next item starts."""
+    """Appends one prediction per line and flushes it to disk before the next item starts;
+    ``done`` (the run's predictions by id) is kept up to date, so scoring need not read the file back."""
 
-    def __init__(self, path: Path):
-        self.handle = path.open("a", encoding="utf-8")
+    def __init__(self, path: Path, done: dict[str, dict]):
+        self.handle, self.done = path.open("a", encoding="utf-8"), done
 
     def add(self, row: dict) -> None:
         self.handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         self.handle.flush()
         os.fsync(self.handle.fileno())
+        self.done[row["id"]] = row
 
     def close(self) -> None:
         self.handle.close()
@@ -268,7 +270,7 @@ def run_benchmark(name: str, data: str | Path, config: Config, out: str | Path, 
         if bench.capability and bench.capability not in pipe.capabilities:
             raise BenchmarkError(f"{name} needs a {bench.capability} generator; the config's zoo has "
                                  f"{', '.join(pipe.capabilities) or 'none'}")
-        journal = _Journal(out / PREDICTIONS)
+        journal = _Journal(out / PREDICTIONS, done)
         with _bar(len(examples), len(examples) - len(todo), name, progress) as bar:
             try:
                 if bench.task == "caption":
@@ -277,7 +279,6 @@ def run_benchmark(name: str, data: str | Path, config: Config, out: str | Path, 
                     _generate_items(pipe, bench, todo, out, journal, bar)
             finally:
                 journal.close()
-        done = _open_run(out, _identity(bench, data, config))
     if bench.task == "generate":  # the outputs as `modaverse eval generation` reads them
         write_text_atomic(out / MANIFEST, "".join(
             json.dumps({"file": done[ex.id]["file"], "prompt": ex.captions[0]}, ensure_ascii=False) + "\n"

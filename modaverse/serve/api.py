@@ -35,7 +35,7 @@ from modaverse.serve.service import (
     Service,
     Settings,
     UploadError,
-    check_upload,
+    check_uploads,
     safe_name,
     upload_folder,
 )
@@ -128,8 +128,8 @@ def create_app(config: Config, outputs: Path, limits: Limits | None = None, *, u
         if not instruction.strip() and not files:
             raise HTTPException(422, "empty request: give an instruction, files, or both")
         try:
-            for f, kind in zip(files, kinds, strict=True):
-                check_upload(f.filename or "upload", f.size or 0, limits, kind)
+            check_uploads([(f.filename or "upload", f.size or 0, kind) for f, kind in zip(files, kinds, strict=True)],
+                          limits)
             with upload_folder() as tmp:
                 saved = []
                 for i, (f, kind) in enumerate(zip(files, kinds, strict=True)):

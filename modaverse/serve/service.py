@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from modaverse.errors import ModaverseError
@@ -68,7 +68,6 @@ class Result:
     turn: object  # modaverse.pipeline.Turn
     folder: Path
     queued_s: float
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 def safe_name(name: str) -> str:
@@ -77,16 +76,21 @@ def safe_name(name: str) -> str:
     return base[-100:]
 
 
-def check_upload(name: str, size: int, limits: Limits, modality: str | None = None) -> None:
-    """Refuses what is clearly not an input before it is read: too large (413) or of an unknown type (415)."""
-    if size > limits.max_upload_bytes:
-        raise UploadError(f"{name}: {size / 1048576:.1f} MB is over the {limits.max_upload_mb:g} MB upload limit", 413)
-    ext = Path(name or "").suffix.lower()
-    if ext not in SUPPORTED:
-        raise UploadError(f"{name}: unsupported file type {ext or '(no extension)'!r}; "
-                          f"supported: {' '.join(SUPPORTED)}", 415)
-    if modality is not None and modality not in MODALITIES:
-        raise UploadError(f"{name}: unknown modality {modality!r}; choose from {', '.join(MODALITIES)}", 422)
+def check_uploads(uploads: list[tuple[str, int, str | None]], limits: Limits) -> None:
+    """Refuses what is clearly not a request's inputs before any is read or saved: too many or too
+    large files (413), unknown types (415) or modalities (422). ``uploads``: (name, bytes, modality)."""
+    if len(uploads) > limits.max_files:
+        raise UploadError(f"{len(uploads)} files: at most {limits.max_files} per request", 413)
+    for name, size, modality in uploads:
+        if size > limits.max_upload_bytes:
+            raise UploadError(f"{name}: {size / 1048576:.1f} MB is over the {limits.max_upload_mb:g} MB upload limit",
+                              413)
+        ext = Path(name or "").suffix.lower()
+        if ext not in SUPPORTED:
+            raise UploadError(f"{name}: unsupported file type {ext or '(no extension)'!r}; "
+                              f"supported: {' '.join(SUPPORTED)}", 415)
+        if modality is not None and modality not in MODALITIES:
+            raise UploadError(f"{name}: unknown modality {modality!r}; choose from {', '.join(MODALITIES)}", 422)
 
 
 class Service:
@@ -114,9 +118,8 @@ class Service:
                 "uptime_s": round(time.time() - self.started, 1)}
 
     def load_inputs(self, files: list[tuple[Path, str | None]]) -> list:
-        """Decodes saved uploads; a file that is not what it claims is a 422 naming it and why."""
-        if len(files) > self.limits.max_files:
-            raise UploadError(f"{len(files)} files: at most {self.limits.max_files} per request", 413)
+        """Decodes uploads that passed :func:`check_uploads`; a file that is not what it claims is a 422
+        naming it and why."""
         items = []
         for path, modality in files:
             try:

@@ -16,18 +16,15 @@ from pathlib import Path
 from modaverse.errors import ModaverseError
 from modaverse.media.sniff import SUPPORTED
 from modaverse.modality import MODALITIES
-from modaverse.serve.service import Limits, Settings, UploadError, check_upload
+from modaverse.serve.service import Limits, Settings, UploadError, check_uploads
 
 AUTO = "auto"
 
 
 def _check_files(files: list[str], limits: Limits, modality: str | None) -> list[tuple[Path, str | None]]:
-    out = []
-    for f in files:
-        path = Path(f)
-        check_upload(path.name, path.stat().st_size, limits, modality)
-        out.append((path, modality))
-    return out
+    paths = [Path(f) for f in files]
+    check_uploads([(p.name, p.stat().st_size, modality) for p in paths], limits)
+    return [(p, modality) for p in paths]
 
 
 def build_ui(service: Callable[[], object], limits: Limits):
