@@ -86,6 +86,38 @@ class Adaptors(nn.Module):
             idx = [i for i, x in enumerate(modalities) if x == m]
             std.fit(features[idx])
 
+    @torch.no_grad()
+    def match_scale(self, target_norm: float, features: torch.Tensor | None = None,
+                    modalities: Iterable[str] = (), seed: int = 0) -> None:
+        """Rescales each projector's last layer so its soft tokens start at ``target_norm``, the
+        mean norm of the LLM's text embeddings.
+
+        Without this, media tokens start wherever the projector's init puts them: norm 1.2
+        against about 26 for Gemma's text tokens (which scale embeddings by sqrt(hidden)), so
+        the LLM barely sees them at first. Training calibrates on its own features; with none,
+        a probe of what a projector's input looks like stands in (standardised features are
+        unit-variance per dimension; raw ImageBind embeddings are unit-norm).
+        """
+        modalities = list(modalities)
+        param = next(self.parameters())
+        gen = torch.Generator().manual_seed(seed)
+        for name, proj in self.projectors.items():
+            mods = [m for m in dict.fromkeys(modalities) if name in (SHARED, m)] if features is not None else []
+            if mods:
+                outs = [self(m, features[[i for i, x in enumerate(modalities) if x == m]].to(param.device, param.dtype))
+                        for m in mods]
+                out = torch.cat(outs)
+            else:
+                probe = torch.randn(256, self.in_dim, generator=gen)
+                if self.standardizers is None:
+                    probe = probe / probe.norm(dim=-1, keepdim=True)
+                out = proj(probe.to(param.device, param.dtype)).reshape(len(probe), self.tokens, self.out_dim)
+            norm = float(out.float().norm(dim=-1).mean())
+            last = [m for m in proj.modules() if isinstance(m, nn.Linear)][-1]
+            if norm > 0:
+                last.weight.mul_(target_norm / norm)
+                last.bias.mul_(target_norm / norm)
+
     @property
     def shared(self) -> bool:
         return SHARED in self.projectors

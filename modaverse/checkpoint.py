@@ -22,14 +22,13 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from modaverse.atomic import json_text
+from modaverse.atomic import json_text, write_folder
 from modaverse.config import Config
 from modaverse.errors import WeightsError, key_mismatch
 
@@ -93,25 +92,6 @@ def saved_tokenizer(path: str | os.PathLike) -> str | None:
     """The in-code tokenizer a checkpoint was trained with (tokenizer JSON), if it has one."""
     tok = resolve(path) / TOKENIZER
     return tok.read_text(encoding="utf-8") if tok.is_file() else None
-
-
-def write_folder(out: Path, fill) -> None:
-    """Fills a sibling temporary folder, then swaps it in: ``out`` is always whole or absent."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        fill(tmp)
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.{os.getpid()}.old")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def manifest_for(config: Config, tensors: dict[str, torch.Tensor], step: int, extra: dict | None = None) -> dict:

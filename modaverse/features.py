@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
+from modaverse.cachedir import cache_dir
 from modaverse.config import Config
 
 SHARD_SIZE = 1024  # features per shard: what a killed encoding pass can lose at most
 
 
 def default_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "modaverse" / "features"
+    return cache_dir("features")
 
 
 def encoder_fingerprint(config: Config) -> str:

@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -34,6 +35,9 @@ from modaverse.media import MediaInput
 from modaverse.prompt import Message, Prompt, PromptBuilder, assemble_embeddings, marker_tokens
 
 log = logging.getLogger("modaverse")
+
+#: Set-up work that can overlap the caller's next steps (llguidance releases the GIL).
+_BACKGROUND = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modaverse-setup")
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,7 @@ def build_trainable(config: Config, encoder_dim: int, tokenizer=None) -> tuple[L
                    config.trainable)
     torch.manual_seed(config.seed)
     adaptors = Adaptors.from_config(config.adaptor, config.encoder.modalities, encoder_dim, llm.hidden_size)
+    adaptors.match_scale(llm.text_embedding_norm(), seed=config.seed)
     adaptors.to(llm.device, DTYPES[config.llm.dtype]).requires_grad_(config.trainable.adaptor == "full")
     return llm, adaptors
 
@@ -190,6 +195,11 @@ class ModaVerse:
         self.capabilities = meta.capabilities(config.zoo)
         self.prompts = PromptBuilder(llm.tokenizer, config.prompt, tokens_per_input=config.adaptor.tokens_per_input,
                                      capabilities=self.capabilities, max_context=llm.max_context)
+        #: Every token that ends an answer: the model's eos ids and the chat template's end of turn.
+        self.stop_ids = sorted({*llm.eos_ids, *self.prompts.end_of_turn_ids})
+        # The grammar's per-tokenizer set-up takes about a second at large vocabularies; it runs
+        # beside whatever comes next (loading inputs, encoding) instead of before it.
+        self._grammar = _BACKGROUND.submit(self._build_grammar)
 
     @classmethod
     def from_config(cls, config: str | os.PathLike | Config = "tiny", overrides: Sequence[str] = (), *,
@@ -206,15 +216,27 @@ class ModaVerse:
         llm, adaptors = build_trainable(config, encoder.dim, tokenizer)
         if config.checkpoint:
             checkpoint.load(config.checkpoint, adaptors, llm.model, config)
-        adaptors.eval()
+        llm.merge()
+        adaptors.requires_grad_(False).eval()
         return cls(config, encoder, adaptors, llm)
 
-    @cached_property
-    def grammar(self):
+    def _build_grammar(self):
         from modaverse.constrain import MetaGrammar
 
         vocab = self.llm.model.get_output_embeddings().weight.shape[0]
-        return MetaGrammar(self.llm.tokenizer, self.capabilities, vocab)
+        return MetaGrammar(self.llm.tokenizer, self.capabilities, vocab, self.stop_ids)
+
+    @property
+    def grammar(self):
+        return self._grammar.result()
+
+    @cached_property
+    def _stop_at_separator(self):
+        """The Vicuna template's ``###`` stop, built once: transformers would rebuild its matcher
+        over the whole vocabulary on every request."""
+        from transformers import StopStringCriteria
+
+        return StopStringCriteria(self.llm.tokenizer, ["###"])
 
     # -- the three stages ------------------------------------------------------------------------
     def load_inputs(self, inputs: Sequence[str | os.PathLike | MediaInput]) -> list[MediaInput]:
@@ -324,10 +346,10 @@ class ModaVerse:
 
     def _generate(self, inputs_embeds: torch.Tensor, constrained: bool, max_new_tokens: int,
                   temperature: float, seed: int, on_text) -> tuple[str, _Stream]:
-        from transformers import LogitsProcessorList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         tok = self.llm.tokenizer
-        kwargs: dict = dict(max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        kwargs: dict = dict(max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids, pad_token_id=tok.pad_token_id,
                             do_sample=temperature > 0, suppress_tokens=sorted(self.llm.marker_ids.values()))
         if temperature > 0:
             kwargs.update(temperature=temperature, top_p=self.config.generation.top_p, top_k=0)
@@ -336,7 +358,7 @@ class ModaVerse:
         if constrained:
             kwargs["logits_processor"] = LogitsProcessorList([self.grammar.processor(max_new_tokens)])
         elif self.prompts.use_vicuna:
-            kwargs.update(stop_strings=["###"], tokenizer=tok)
+            kwargs["stopping_criteria"] = StoppingCriteriaList([self._stop_at_separator])
         stream = _Stream(tok, on_text, constrained)
         torch.manual_seed(seed)
         stream.start = time.perf_counter()

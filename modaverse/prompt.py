@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import torch
@@ -102,7 +103,20 @@ class PromptBuilder:
         self.use_vicuna = config.template == "vicuna" or not getattr(tokenizer, "chat_template", None)
         added = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special]
         self.reserved = list(dict.fromkeys(t for t in [*tokenizer.all_special_tokens, *added] if t))
+        self.special_ids = set(tokenizer.convert_tokens_to_ids(self.reserved))
         self._check_text(self.system, "prompt.system")
+
+    @cached_property
+    def end_of_turn_ids(self) -> list[int]:
+        """The token that closes an assistant turn (``<|im_end|>``, ``<end_of_turn>``, ``</s>``).
+
+        It is part of every training target, so a trained model ends its answer by itself,
+        and decoding stops on it.
+        """
+        probe = [Message("user", "hi"), Message("assistant", "ok")]
+        prompt = self._tokenize(probe, generation=False)
+        return [int(i) for i, t in zip(prompt.input_ids, prompt.target_mask, strict=True)
+                if t and int(i) in self.special_ids]
 
     # -- rendering -------------------------------------------------------------------------------
     def _check_text(self, text: str, what: str) -> None:
@@ -158,6 +172,10 @@ class PromptBuilder:
         enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = enc["input_ids"], enc["offset_mapping"]
         in_target = [any(s <= a and b <= e for s, e in spans) and b > a for a, b in offsets]
+        for _, end in spans:  # the special token closing the turn is a target too (it teaches stopping)
+            after = next((j for j, (a, _) in enumerate(offsets) if a >= end), None)
+            if after is not None and ids[after] in self.special_ids:
+                in_target[after] = True
         openings = {self.tok.convert_tokens_to_ids(t) for t in self._openings(messages)}
         groups = self._groups(messages)
         out_ids, mask, slots, g = [], [], [], 0

@@ -19,9 +19,9 @@ def _trainable(model):
 def test_only_lora_and_the_new_marker_rows_train():
     llm = load_llm(load_config("tiny").llm, MARKERS)
     trainable = _trainable(llm.model)
-    token_rows = [n for n in trainable if "trainable_tokens_delta" in n]
+    token_rows = [n for n in trainable if n.endswith("embed_tokens.rows")]
     assert len(token_rows) == 1 and trainable[token_rows[0]] == len(MARKERS) * llm.hidden_size
-    assert all("lora_" in n or "trainable_tokens" in n for n in trainable)
+    assert all("lora_" in n or n in token_rows for n in trainable)
     assert not any("lm_head" in n or n.endswith("embed_tokens.weight") for n in trainable)
     targets = {n.split(".")[-4] for n in trainable if "lora_A" in n}
     assert targets == {"q_proj", "k_proj", "v_proj", "o_proj"}
@@ -34,9 +34,45 @@ def test_a_marker_row_receives_gradient_but_old_rows_do_not():
     ids = torch.tensor([[5, llm.marker_ids["<Image>"], 7]])
     llm.model.train()
     llm.model(input_ids=ids, labels=ids).loss.backward()
-    delta = next(p for n, p in llm.model.named_parameters() if "trainable_tokens_delta" in n)
-    assert delta.grad is not None and delta.grad[0].abs().sum() > 0  # <Image> is the first marker
-    assert delta.grad[1:].abs().sum() == 0  # unused markers get nothing
+    rows = next(p for n, p in llm.model.named_parameters() if n.endswith("embed_tokens.rows"))
+    assert rows.grad is not None and rows.grad[0].abs().sum() > 0  # <Image> is the first marker
+    assert rows.grad[1:].abs().sum() == 0  # unused markers get nothing
+    assert all(p.grad is None for n, p in llm.model.named_parameters() if "embed_tokens.base" in n)
+
+
+GEMMA_ARCH = {"model_type": "gemma3_text", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32, "max_position_embeddings": 256}
+
+
+@pytest.mark.parametrize("arch", [TINY_ARCH, GEMMA_ARCH], ids=["llama", "gemma3-scaled-embeddings"])
+def test_merging_for_inference_changes_nothing_but_speed(arch):
+    """Trained LoRA and marker rows folded into the base weights give the same logits, and the
+    merged model is a plain transformers model again (no per-forward rebuilding)."""
+    from modaverse.llm import MarkerRows
+
+    llm = load_llm(LLMConfig(arch=arch, device="cpu", lora={"r": 4, "alpha": 8, "dropout": 0.0}), MARKERS)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n, p in llm.model.named_parameters():
+            if p.requires_grad:  # as if trained: LoRA B is zero and the rows are the table's at init
+                p.add_(torch.randn_like(p) * 0.05)
+    ids = torch.tensor([[5, llm.marker_ids["<Image>"], 7, llm.marker_ids["</Audio>"], 9]])
+    with torch.no_grad():
+        before = llm.model(input_ids=ids).logits
+        llm.merge()
+        after = llm.model(input_ids=ids).logits
+    # Marker logits may differ (with tied embeddings the LM head shares the rows); they are
+    # never sampled: generation suppresses markers.
+    text = [i for i in range(before.shape[-1]) if i not in llm.marker_ids.values()]
+    torch.testing.assert_close(after[..., text], before[..., text], rtol=1e-4, atol=1e-4)
+    assert not any(isinstance(m, MarkerRows) or "lora" in type(m).__name__.lower() for m in llm.model.modules())
+    assert not any(p.requires_grad for p in llm.model.parameters())
+
+
+def test_stops_on_every_eos_id_of_the_generation_config():
+    llm = load_llm(LLMConfig(arch=TINY_ARCH, device="cpu"), MARKERS)
+    llm.model.generation_config.eos_token_id = [7, llm.tokenizer.eos_token_id, 11]
+    assert llm.eos_ids == sorted({7, 11, llm.tokenizer.eos_token_id})
 
 
 def test_lora_settings_come_from_config():

@@ -17,25 +17,11 @@ from pathlib import Path
 
 import torch
 
+from modaverse.cachedir import cache_dir, sha256_of
 from modaverse.errors import WeightsError, key_mismatch
 from modaverse.imagebind.model import TOWERS, ImageBind, tower_prefixes
 
 OFFICIAL_URL = "https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth"
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("MODAVERSE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "modaverse"
-    )
-    return Path(root)
-
-
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def download(url: str, dest: Path, sha256: str | None = None, progress: bool = True) -> Path:

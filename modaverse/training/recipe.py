@@ -223,8 +223,10 @@ def train(config: Config, *, output_dir: str | Path | None = None, resume: bool 
         tokenizer = wrap_bpe(saved) if saved else None
     llm, adaptors = build_trainable(run_config, config.encoder.imagebind_config().out_embed_dim, tokenizer)
     if resume_from is None:
-        adaptors.fit(table[[r for rs in rows for r in rs]],
-                     [m.modality for _, media, _ in convs for m in media])
+        used = table[[r for rs in rows for r in rs]]
+        used_modalities = [m.modality for _, media, _ in convs for m in media]
+        adaptors.fit(used, used_modalities)
+        adaptors.match_scale(llm.text_embedding_norm(), used, used_modalities)
     model = AlignmentModel(adaptors, llm.model)
     builder = training_builder(config, llm.tokenizer, llm.max_context)
     conversations = [(i + 1, msgs, r, [m.modality for m in media])
