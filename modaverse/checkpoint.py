@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from modaverse.atomic import json_text, write_folder
-from modaverse.config import Config
+from modaverse.config import Config, load_config, shaping
 from modaverse.errors import WeightsError, key_mismatch
 
 log = logging.getLogger("modaverse")
@@ -106,6 +106,7 @@ def manifest_for(config: Config, tensors: dict[str, torch.Tensor], step: int, ex
                  "encoder_weights": Path(config.encoder.weights).name if config.encoder.weights else None},
         "trainable": config.trainable.model_dump(),
         "structure_hash": structure_hash(config),
+        "config": shaping(config),
         "tensors": {k: list(v.shape) for k, v in tensors.items()},
         **(extra or {}),
     }
@@ -131,6 +132,40 @@ def save(out: str | os.PathLike, tensors: dict[str, torch.Tensor], config: Confi
     return out
 
 
+def config_for(path: str | os.PathLike, name_or_path: str | os.PathLike = "tiny",
+               overrides: list[str] = ()) -> Config:
+    """``name_or_path`` with the model-shaping settings of the checkpoint at ``path`` (and
+    ``overrides`` last): what ``--checkpoint RUN`` and ``ModaVerse.from_pretrained`` build."""
+    folder = resolve(path)
+    shaped = read_manifest(folder).get("config")
+    return load_config(name_or_path, list(overrides), checkpoint=Path(path).expanduser().resolve(), shaped=shaped)
+
+
+def _llm_name(llm: dict) -> str:
+    return llm.get("model") or "a model built from llm.arch"
+
+
+def check_llm(folder: Path, manifest: dict, config: Config) -> None:
+    """A checkpoint's LoRA, marker rows and adaptors mean nothing on another LLM: say so in one line."""
+    saved = (manifest.get("config") or {}).get("llm")
+    if saved is None:  # written before checkpoints described themselves: the base name is all there is
+        base = manifest.get("base", {}).get("llm")
+        if config.llm.model and base and Path(base).name != Path(config.llm.model).name:
+            saved = {"model": base}
+        else:
+            return
+    ours = config.llm.model_dump(mode="json", include={"model", "arch"})
+    theirs, mine = saved.get("model"), ours["model"]
+    if theirs and mine:
+        same = theirs == mine or Path(theirs).name == Path(mine).name  # a moved folder is the same model
+    else:
+        same = theirs is None and mine is None and saved.get("arch", ours["arch"]) == ours["arch"]
+    if same:
+        return
+    raise WeightsError(f"{folder}: trained for {_llm_name(saved)}, but the config's LLM is {_llm_name(ours)}; "
+                       "drop the checkpoint (--set checkpoint=null) or train one for this LLM")
+
+
 def load(path: str | os.PathLike, adaptors: nn.Module, llm_model: nn.Module, config: Config) -> dict:
     """Loads a checkpoint into the modules, strictly; returns its manifest."""
     from safetensors import SafetensorError
@@ -138,12 +173,10 @@ def load(path: str | os.PathLike, adaptors: nn.Module, llm_model: nn.Module, con
 
     folder = resolve(path)
     manifest = read_manifest(folder)
+    check_llm(folder, manifest, config)
     if manifest.get("trainable") != config.trainable.model_dump():
         raise WeightsError(f"{folder}: trained with trainable={manifest.get('trainable')}, but the config has "
                            f"trainable={config.trainable.model_dump()}; use the run's trainable settings")
-    base = manifest.get("base", {}).get("llm")
-    if config.llm.model and base and Path(base).name != Path(config.llm.model).name:
-        log.warning("%s was trained on llm %s but is being loaded onto %s", folder, base, config.llm.model)
     try:
         state = load_file(str(folder / WEIGHTS))
     except (OSError, SafetensorError) as e:

@@ -33,17 +33,20 @@ def _add_config_args(p: argparse.ArgumentParser, default: str = "tiny") -> None:
 
 def _add_checkpoint_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", metavar="D",
-                   help="trained weights: a `modaverse train` run folder or one of its checkpoints "
-                   "(default: the config's `checkpoint`)")
+                   help="trained weights: a `modaverse train` run folder or one of its checkpoints; the "
+                   "model is rebuilt as the checkpoint describes (default: the config's `checkpoint`)")
 
 
 def _config(args: argparse.Namespace):
+    """The config the command names, rebuilt around ``--checkpoint`` when one is given (its
+    model-shaping settings come from the checkpoint; ``--set`` still wins)."""
     from modaverse.config import load_config
 
-    config = load_config(args.config or "tiny", args.overrides)
     if getattr(args, "checkpoint", None):
-        config.checkpoint = str(Path(args.checkpoint).resolve())
-    return config
+        from modaverse.checkpoint import config_for
+
+        return config_for(args.checkpoint, args.config or "tiny", args.overrides)
+    return load_config(args.config or "tiny", args.overrides)
 
 
 def _read_encoder_json(path: str):

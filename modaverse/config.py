@@ -99,7 +99,9 @@ class LoraConfig(_Strict):
 class LLMConfig(_Strict):
     """The language model (``llm:``); either a checkpoint or an architecture built from config."""
 
-    model: str | None = Field(None, description="HF hub id or local path (from_pretrained)")
+    model: str | None = Field(
+        None, description="hub id, local folder, .gguf file (converted once, cached) or pkg:DIST/PATH (a file an "
+        "installed package ships); wins over arch")
     arch: dict[str, Any] | None = Field(None, description="LlamaConfig kwargs, to build a random model (tiny profile)")
     seed: int = Field(0, description="seed for building `arch` with random weights")
     dtype: DType = Field("float32", description="dtype the LLM is loaded in")
@@ -192,6 +194,9 @@ class TrainConfig(_Strict):
         default_factory=list, description="experiment trackers (install modaverse[tracking])")
     max_length: int | None = Field(None, ge=32, description="token cap per conversation; null = prompt.max_context")
     seed: int | None = Field(None, description="data order and init seed; null = the global seed")
+    allow_full_finetune: bool = Field(
+        False, description="let trainable.llm: full train every weight of a pretrained llm.model (off: a profile "
+        "made for a tiny model never fine-tunes a real one whole by inheritance)")
 
 
 EVAL_CACHE = "~/.cache/modaverse/eval"
@@ -262,6 +267,25 @@ class Config(_Strict):
         None, description="trained weights (a `modaverse train` run or step folder); null = untrained")
     zoo: dict[str, GeneratorConfig] = Field(
         default_factory=dict, description="capability -> generator; or a preset name from configs/zoo/ or a YAML path")
+
+
+#: The settings that decide what a checkpoint's tensors are and mean. A checkpoint stores them
+#: (``manifest.json``: ``config``), so ``--checkpoint RUN`` rebuilds its model with nothing
+#: repeated by hand; a section listed as ``None`` is stored whole. Devices, dtypes and batch
+#: sizes are left to the user's config.
+SHAPING: dict[str, set[str] | None] = {
+    "encoder": {"arch", "kwargs", "modalities", "weights", "weights_url", "sha256", "seed"},
+    "adaptor": None,
+    "llm": {"model", "arch", "seed", "lora"},
+    "prompt": None,
+    "trainable": None,
+}
+
+
+def shaping(config: Config) -> dict:
+    """The model-shaping sections of ``config`` (see :data:`SHAPING`), as plain JSON."""
+    return {section: getattr(config, section).model_dump(mode="json", include=keys)
+            for section, keys in SHAPING.items()}
 
 
 #: Dotted keys holding file paths, resolved against the YAML file's folder.
@@ -390,10 +414,21 @@ def _read_layered(path: Path, seen: tuple[Path, ...]) -> dict:
     return _merge(parent, raw)
 
 
-def load_config(name_or_path: str | os.PathLike = "tiny", overrides: list[str] = ()) -> Config:
-    """Reads a YAML config (name or path), applies ``KEY=VALUE`` overrides, validates."""
+def load_config(name_or_path: str | os.PathLike = "tiny", overrides: list[str] = (), *,
+                checkpoint: str | os.PathLike | None = None, shaped: dict | None = None) -> Config:
+    """Reads a YAML config (name or path), applies ``KEY=VALUE`` overrides, validates.
+
+    With ``checkpoint``, the model-shaping settings that checkpoint was trained with
+    (``shaped``, read from its manifest) replace the config's, and the checkpoint becomes the
+    config's; explicit overrides still come last and win.
+    """
     path = _locate(name_or_path)
     raw = _read_layered(path, ())
+    if checkpoint is not None:
+        for section, values in (shaped or {}).items():
+            if section in SHAPING and isinstance(values, dict):
+                raw[section] = {**(raw.get(section) or {}), **values}
+        raw["checkpoint"] = str(checkpoint)
     try:
         Config.model_validate(raw)
     except ValidationError as e:

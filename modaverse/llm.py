@@ -224,6 +224,8 @@ def load_llm(config: LLMConfig, markers: list[str], tokenizer=None, trainable: T
     from modaverse.llm_source import resolve
 
     trainable = trainable or TrainableConfig()
+    if config.model is None and not config.arch and tokenizer is None:
+        raise ModaverseError("llm: set llm.model (a hub id, folder, .gguf file or pkg:DIST/PATH) or llm.arch")
     source = resolve(config.model) if config.model is not None else None
     tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(config, source)
     if tokenizer.pad_token is None:

@@ -88,9 +88,10 @@ def converted(path: Path) -> Path:
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
     arch = gguf_architecture(path)
-    if arch not in GGUF_SUPPORTED_ARCHITECTURES and arch.replace("-", "") not in GGUF_SUPPORTED_ARCHITECTURES:
+    known = sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer"})  # mapping sections, not models
+    if arch not in known and arch.replace("-", "") not in known:
         raise ModaverseError(f"llm.model {path}: GGUF architecture {arch!r} cannot be read by transformers "
-                             f"(supported: {', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))})")
+                             f"(supported: {', '.join(known)})")
     log.info("converting %s (%s) once into %s; later runs load the converted copy", path.name, arch, folder)
 
     def fill(tmp: Path) -> None:

@@ -76,7 +76,7 @@ def convert(state: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
                 raise WeightsError(f"release key {key} has no place in this model ({name}); check llm.lora")
             out[name] = value
             used.add(key)
-    rows = [n for n in targets if n.endswith("trainable_tokens_delta.default") and "embed_tokens" in n]
+    rows = [n for n in targets if n.endswith("embed_tokens.rows")]
     embed = state.get(FULL_MATRICES[0])
     if rows:
         if embed is None or embed.shape[0] <= len(ADDED_TOKENS):

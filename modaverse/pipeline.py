@@ -61,6 +61,7 @@ class Turn:
     trimmed: int = 0  # history turns dropped to fit the context
     timings: dict[str, float] = field(default_factory=dict)
     embeddings: torch.Tensor | None = field(default=None, repr=False)  # ImageBind, [len(inputs), D]
+    finish_reason: str = "stop"  # stop: the model ended its answer; length: the token cap ended it
 
     @property
     def text(self) -> str:
@@ -81,6 +82,7 @@ class Turn:
             "constrained": self.constrained,
             "fallback": self.fallback,
             "trimmed_turns": self.trimmed,
+            "finish_reason": self.finish_reason,
             "timings": {k: round(v, 6) for k, v in self.timings.items()},
         }
 
@@ -138,6 +140,7 @@ class Reply:
     constrained: bool
     fallback: str | None
     timings: dict[str, float]
+    finish_reason: str = "stop"
 
 
 class _Stream:
@@ -202,6 +205,16 @@ class ModaVerse:
         self._grammar = _BACKGROUND.submit(self._build_grammar)
 
     @classmethod
+    def from_pretrained(cls, checkpoint_path: str | os.PathLike, overrides: Sequence[str] = (), *,
+                        config: str | os.PathLike = "tiny") -> ModaVerse:
+        """A trained checkpoint (run, step or checkpoint folder) as it was trained: its encoder,
+        adaptors, LLM, prompt and trainable settings come from the checkpoint; the rest of
+        ``config`` (generation, zoo, devices) and then ``overrides`` apply."""
+        from modaverse import checkpoint
+
+        return cls.from_config(checkpoint.config_for(checkpoint_path, config, list(overrides)))
+
+    @classmethod
     def from_config(cls, config: str | os.PathLike | Config = "tiny", overrides: Sequence[str] = (), *,
                     tokenizer=None) -> ModaVerse:
         """Builds every stage a config names; ``tokenizer`` overrides the LLM's own."""
@@ -209,6 +222,9 @@ class ModaVerse:
             config = load_config(config, list(overrides))
         from modaverse import checkpoint
 
+        if config.checkpoint:  # a checkpoint for another LLM fails here, before anything loads
+            folder = checkpoint.resolve(config.checkpoint)
+            checkpoint.check_llm(folder, checkpoint.read_manifest(folder), config)
         encoder = Encoder.from_config(config.encoder, config.media)
         if config.checkpoint and tokenizer is None and config.llm.model is None:
             saved = checkpoint.saved_tokenizer(config.checkpoint)
@@ -315,7 +331,9 @@ class ModaVerse:
             fallback = f"not a meta-response ({e}); kept as a plain text reply"
             response = meta.MetaResponse(text=raw.strip()[: meta.MAX_TEXT_CHARS])
         timings["parse"] = time.perf_counter() - t
-        return Reply(response, raw, constrained, fallback, timings)
+        ended = len(stream.ids) < max_new_tokens or (stream.ids and stream.ids[-1] in self.stop_ids)
+        finish = "stop" if ended else "length"
+        return Reply(response, raw, constrained, fallback, timings, finish)
 
     @torch.inference_mode()
     def __call__(self, instruction: str, inputs: Sequence[str | os.PathLike | MediaInput] = (),
@@ -342,7 +360,7 @@ class ModaVerse:
         timings["render"] = time.perf_counter() - t
         refs = [InputRef(str(i.path), i.modality) for i in ready.items]
         return Turn(instruction, refs, response, reply.raw, reply.constrained, reply.fallback, outputs, errors,
-                    ready.prompt.trimmed, timings, ready.embeddings)
+                    ready.prompt.trimmed, timings, ready.embeddings, reply.finish_reason)
 
     def _generate(self, inputs_embeds: torch.Tensor, constrained: bool, max_new_tokens: int,
                   temperature: float, seed: int, on_text) -> tuple[str, _Stream]:

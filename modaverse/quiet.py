@@ -23,12 +23,16 @@ def quiet() -> Iterator[None]:
     except ImportError:
         pass
     levels = [lg.get_verbosity() for lg in loggers]
+    bars = [lg.is_progress_bar_enabled() for lg in loggers]
     for lg in loggers:
         lg.set_verbosity_error()
+        lg.disable_progress_bar()  # "Loading weights" flashes by for every model
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             yield
     finally:
-        for lg, level in zip(loggers, levels, strict=True):
+        for lg, level, bar in zip(loggers, levels, bars, strict=True):
             lg.set_verbosity(level)
+            if bar:
+                lg.enable_progress_bar()

@@ -63,6 +63,29 @@ def test_labels_fall_exactly_on_assistant_turns():
     assert (labels[prompt.slots[0].position] == IGNORE).item()
 
 
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+GEMMA = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system') }}"
+         "{% endif %}{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else 'user') + '\\n' + m['content'] "
+         "+ '<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}")
+
+
+@pytest.mark.parametrize(("template", "end"), [(CHATML, "<|im_end|>"), (GEMMA, "<end_of_turn>")],
+                         ids=["chatml", "gemma"])
+def test_the_end_of_turn_token_is_a_training_target(template, end):
+    """Without it a chat model never learns to stop: it ran to the token cap after training."""
+    builder, tok = _builder()
+    tok.add_tokens(["<|im_start|>", "<|im_end|>", "<start_of_turn>", "<end_of_turn>"], special_tokens=True)
+    tok.chat_template = template
+    builder = PromptBuilder(tok, builder.config, capabilities=["text-to-image"], max_context=2048)
+    a1, a2 = '{"text":"A red circle.","invocations":[]}', '{"text":"Yes.","invocations":[]}'
+    msgs = [Message("user", "Describe <media>.", ("image",)), Message("assistant", a1),
+            Message("user", "Sure?"), Message("assistant", a2)]
+    prompt, labels = tokenize(builder, msgs)
+    assert tok.decode(labels[labels != IGNORE]) == a1 + end + a2 + end
+    assert builder.end_of_turn_ids == [tok.convert_tokens_to_ids(end)]
+
+
 def test_long_history_is_trimmed_and_overlong_records_dropped():
     builder, tok = _builder(max_context=96)
     turn = [Message("user", "Describe this picture in detail please."), Message("assistant", '{"text":"ok"}')]
@@ -263,6 +286,8 @@ OFFICIAL_SET = ["--set", "checkpoint=null", "--set", "trainable.llm=lora", "--se
 
 @pytest.mark.parametrize("suffix", ["", ".default"])
 def test_import_official_checkpoint(tmp_path, suffix):
+    from safetensors.torch import load_file
+
     from modaverse.pipeline import ModaVerse
 
     config = load_config("tiny", [s for s in OFFICIAL_SET if s != "--set"])
@@ -278,16 +303,16 @@ def test_import_official_checkpoint(tmp_path, suffix):
     for m in ("image", "video", "audio"):
         proj = pipe.adaptors.projectors[m]
         assert torch.equal(proj.weight, state["linear_proj.weight"]) and torch.equal(proj.bias, state["linear_proj.bias"])
-    got = dict(pipe.llm.model.named_parameters())
+    got = load_file(str(out / "weights.safetensors"))
     key = f"LLM.base_model.model.model.layers.1.self_attn.v_proj.lora_B{suffix}.weight"
-    assert torch.equal(got["base_model.model.model.layers.1.self_attn.v_proj.lora_B.default.weight"], state[key])
-    rows = got["base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta.default"]
+    assert torch.equal(got["llm.base_model.model.model.layers.1.self_attn.v_proj.lora_B.default.weight"], state[key])
+    rows = got["llm.base_model.model.model.embed_tokens.rows"]
     embed = state["LLM.base_model.model.model.embed_tokens.weight"]
     ids = sorted(pipe.llm.marker_ids.items(), key=lambda kv: kv[1])
-    for (tok, _), row in zip(ids, rows, strict=True):
+    table = pipe.llm.model.get_input_embeddings().weight  # inference merges the rows into the table
+    for (tok, i), row in zip(ids, rows, strict=True):
         assert torch.equal(row, embed[-6] if not tok.startswith("</") else embed[-5]), tok
-    from safetensors.torch import load_file
-
+        assert torch.equal(table[i], row), tok
     kept = load_file(str(out / "official_tokens.safetensors"))
     assert torch.equal(kept["embed_tokens"], embed[-6:])
     # the imported weights answer through the normal pipeline

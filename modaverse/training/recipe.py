@@ -205,6 +205,10 @@ def train(config: Config, *, output_dir: str | Path | None = None, resume: bool 
     main = acc.is_main_process
     bar_off = None if progress is None else not progress  # None: a bar on terminals, log lines elsewhere
     resume_from = check_output(out, resume)
+    if config.trainable.llm == "full" and config.llm.model is not None and not t.allow_full_finetune:
+        raise ModaverseError(f"trainable.llm: full would fine-tune every weight of the pretrained {config.llm.model}; "
+                             "use --config lora (LoRA + marker rows + adaptors), or set "
+                             "train.allow_full_finetune=true to do it on purpose")
     caps = meta.capabilities(config.zoo)
 
     # -- 1. data, checked before any model is built ------------------------------------------------
@@ -239,9 +243,13 @@ def train(config: Config, *, output_dir: str | Path | None = None, resume: bool 
         raise ModaverseError(f"{t.data}: no conversation fits in {builder.max_context} tokens")
     p = plan(config, len(examples), acc.num_processes)
     if main:
-        log.info("%d examples (%d tokens, %d target), %d steps of %d conversations, %d trainable parameters",
-                 len(examples), stats.tokens, stats.target_tokens, p.total_steps, p.global_batch,
-                 sum(q.numel() for q in model.parameters() if q.requires_grad))
+        trainable = sum(q.numel() for q in model.parameters() if q.requires_grad)
+        total = sum(q.numel() for q in model.parameters())
+        log.info("%d examples (%d tokens, %d target), %d steps of %d conversations", len(examples), stats.tokens,
+                 stats.target_tokens, p.total_steps, p.global_batch)
+        log.info("training %s of %s parameters (%.2f%%): adaptor %s, llm %s, marker rows %s", f"{trainable:,}",
+                 f"{total:,}", 100 * trainable / total, config.trainable.adaptor, config.trainable.llm,
+                 "on" if config.trainable.markers and config.trainable.llm != "full" else "off")
 
     # -- 4. optimiser, schedule, accelerate ----------------------------------------------------------
     optimizer, scheduler = _optimizer(model, config, p.total_steps, p.warmup_steps)

