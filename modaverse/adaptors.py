@@ -95,23 +95,30 @@ class Adaptors(nn.Module):
         Without this, media tokens start wherever the projector's init puts them: norm 1.2
         against about 26 for Gemma's text tokens (which scale embeddings by sqrt(hidden)), so
         the LLM barely sees them at first. Training calibrates on its own features; with none,
-        a probe of what a projector's input looks like stands in (standardised features are
-        unit-variance per dimension; raw ImageBind embeddings are unit-norm).
+        a probe of each modality's input stands in: unit-variance per dimension when
+        standardised, else ImageBind's output norm for that modality's tower.
         """
+        from modaverse.imagebind.model import OUTPUT_SCALE
+        from modaverse.modality import TOWER
+
         modalities = list(modalities)
+        if features is None:
+            gen = torch.Generator().manual_seed(seed)
+            modalities = [m for m in self.modalities for _ in range(64)]
+            features = torch.randn(len(modalities), self.in_dim, generator=gen)
+            if self.standardizers is None:
+                norms = torch.tensor([OUTPUT_SCALE[TOWER[m]] for m in modalities])
+                features = features / features.norm(dim=-1, keepdim=True) * norms[:, None]
+            else:  # unit variance is what the standardisers output: feed the projectors directly
+                features = torch.stack([self.standardizers[m].mean + self.standardizers[m].std * f
+                                        for m, f in zip(modalities, features, strict=True)])
         param = next(self.parameters())
-        gen = torch.Generator().manual_seed(seed)
         for name, proj in self.projectors.items():
-            mods = [m for m in dict.fromkeys(modalities) if name in (SHARED, m)] if features is not None else []
-            if mods:
-                outs = [self(m, features[[i for i, x in enumerate(modalities) if x == m]].to(param.device, param.dtype))
-                        for m in mods]
-                out = torch.cat(outs)
-            else:
-                probe = torch.randn(256, self.in_dim, generator=gen)
-                if self.standardizers is None:
-                    probe = probe / probe.norm(dim=-1, keepdim=True)
-                out = proj(probe.to(param.device, param.dtype)).reshape(len(probe), self.tokens, self.out_dim)
+            mods = [m for m in dict.fromkeys(modalities) if name in (SHARED, m)]
+            if not mods:
+                continue
+            out = torch.cat([self(m, features[[i for i, x in enumerate(modalities) if x == m]].to(param.device, param.dtype))
+                             for m in mods])
             norm = float(out.float().norm(dim=-1).mean())
             last = [m for m in proj.modules() if isinstance(m, nn.Linear)][-1]
             if norm > 0:

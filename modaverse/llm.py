@@ -247,6 +247,11 @@ def load_llm(config: LLMConfig, markers: list[str], tokenizer=None, trainable: T
         from peft import LoraConfig, get_peft_model
 
         lora = config.lora
+        names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        missing = sorted(set(lora.targets) - names)
+        if missing:
+            raise ModaverseError(f"llm.lora.targets: {', '.join(missing)} not in this model (its linear layers: "
+                                 f"{', '.join(sorted(names))})")
         with quiet():
             model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                                      target_modules=list(lora.targets), task_type="CAUSAL_LM"))

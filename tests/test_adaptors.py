@@ -52,3 +52,42 @@ def test_public_api_is_importable_lazily():
     assert set(modaverse.__all__) == {*modaverse._EXPORTS, "__version__"}
     with pytest.raises(AttributeError):
         modaverse.nothing_here  # noqa: B018
+
+
+GEMMA_LIKE = {"model_type": "gemma3_text", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32, "max_position_embeddings": 256}
+
+
+@pytest.mark.parametrize(("projector", "standardize", "shared"),
+                         [("mlp2x_gelu", True, False), ("mlp2x_gelu", False, False), ("linear", False, False),
+                          ("linear", False, True)])
+def test_media_tokens_start_at_the_scale_of_text_embeddings(projector, standardize, shared):
+    """Gemma multiplies text embeddings by sqrt(hidden) (x8 here, x25 at 640 wide); untuned
+    projectors gave media tokens norm ~1, which the LLM barely sees."""
+    from modaverse.encoder import Encoder
+    from modaverse.pipeline import build_trainable
+
+    config = load_config("tiny", ["checkpoint=null", f"adaptor.projector={projector}",
+                                  f"adaptor.standardize={str(standardize).lower()}", f"adaptor.shared={str(shared).lower()}"])
+    config.llm.arch = dict(GEMMA_LIKE)
+    encoder = Encoder.from_config(config.encoder, config.media)
+    llm, adaptors = build_trainable(config, encoder.dim)
+    target = llm.text_embedding_norm()
+    assert target > 1  # sqrt(64) x the unscaled rows' ~0.16
+    from .conftest import IB
+
+    files = [IB / "image_a.png", IB / "image_b.jpg", IB / "audio_44k.wav", IB / "video.mp4"]
+    items = [encoder.load(f) for f in files]
+    feats, mods = encoder.encode(items), [i.modality for i in items]
+    # at initialisation, on real encoder features: within a factor of two of the text scale
+    with torch.no_grad():
+        raw = [float(adaptors(m, f[None]).norm(dim=-1).mean()) for m, f in zip(mods, feats, strict=True)]
+    # (one projector for all cannot undo ImageBind's per-tower scales, audio x20 and vision x1;
+    # standardisers are fitted on training features, so only training's calibration below applies)
+    if not shared and not standardize:
+        assert all(target / 2 < n < target * 2 for n in raw), (raw, target)
+    # calibrated on the run's own features (what training does): the mean norm is the text norm
+    adaptors.match_scale(target, feats, mods)
+    with torch.no_grad():
+        got = torch.cat([adaptors(m, feats[[i for i, x in enumerate(mods) if x == m]]) for m in dict.fromkeys(mods)])
+    assert abs(float(got.norm(dim=-1).mean()) / target - 1) < 0.35

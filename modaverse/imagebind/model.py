@@ -214,6 +214,11 @@ def _head(dim: int, out_dim: int, dropout: bool = False) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+#: Upstream's fixed output scale of each tower's embeddings (after L2 normalisation); vision is
+#: left unit-norm. Consumers such as the adaptors' initial scaling read it from here.
+OUTPUT_SCALE: dict[str, float] = {"vision": 1.0, "audio": 20.0, "depth": 5.0, "thermal": 10.0, "imu": 5.0}
+
+
 def _post(scale: float | None, learnable: bool = False) -> nn.Module:
     if scale is None:
         return Normalize()
@@ -252,8 +257,8 @@ class ImageBind(nn.Module):
             pre["audio"] = PatchPreprocessor(PatchStem([conv], nn.LayerNorm(d)), n, d)
             trunks["audio"] = Trunk(d, c.audio_num_blocks, c.audio_num_heads, False, True)
             heads["audio"] = _head(d, c.out_embed_dim)
-            post["audio"] = _post(20.0)
-        for name, stem_name, scale in (("depth", "depth_stem", 5.0), ("thermal", "rgbt_stem", 10.0)):
+            post["audio"] = _post(OUTPUT_SCALE["audio"])
+        for name, stem_name in (("depth", "depth_stem"), ("thermal", "rgbt_stem")):
             if name not in towers:
                 continue
             d, ks = getattr(c, f"{name}_embed_dim"), getattr(c, f"{name}_kernel_size")
@@ -264,13 +269,13 @@ class ImageBind(nn.Module):
                 d, getattr(c, f"{name}_num_blocks"), getattr(c, f"{name}_num_heads"), False, True
             )
             heads[name] = _head(d, c.out_embed_dim)
-            post[name] = _post(scale)
+            post[name] = _post(OUTPUT_SCALE[name])
         if "imu" in towers:
             d = c.imu_embed_dim
             pre["imu"] = IMUPreprocessor(6, 2000, c.imu_kernel_size, d)
             trunks["imu"] = Trunk(d, c.imu_num_blocks, c.imu_num_heads, False, True)
             heads["imu"] = _head(d, c.out_embed_dim, dropout=True)
-            post["imu"] = _post(5.0)
+            post["imu"] = _post(OUTPUT_SCALE["imu"])
         self.modality_preprocessors = nn.ModuleDict(pre)
         self.modality_trunks = nn.ModuleDict(trunks)
         self.modality_heads = nn.ModuleDict(heads)
