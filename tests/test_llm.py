@@ -53,7 +53,7 @@ def test_merging_for_inference_changes_nothing_but_speed(arch):
     llm = load_llm(LLMConfig(arch=arch, device="cpu", lora={"r": 4, "alpha": 8, "dropout": 0.0}), MARKERS)
     torch.manual_seed(1)
     with torch.no_grad():
-        for n, p in llm.model.named_parameters():
+        for p in llm.model.parameters():
             if p.requires_grad:  # as if trained: LoRA B is zero and the rows are the table's at init
                 p.add_(torch.randn_like(p) * 0.05)
     ids = torch.tensor([[5, llm.marker_ids["<Image>"], 7, llm.marker_ids["</Audio>"], 9]])
