@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 FIX    := tests/fixtures/imagebind
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup test demo lint bench clean tiny-checkpoint
+.PHONY: setup test demo lint bench clean tiny-checkpoint smol-checkpoint
 
 setup: $(STAMP)
 
@@ -31,31 +31,35 @@ $(STAMP): pyproject.toml Makefile
 test: setup
 	$(BIN)/python -m pytest -q
 
-# The main job on the offline tiny profile, whose weights (configs/checkpoints/tiny) were trained on
-# the synthetic set: new synthetic inputs the model has never seen, a description, a question and
-# a generation request whose video is rendered by the tiny generator; then its held-out scores, and
-# one paper benchmark (COCO captioning's table) run over a small synthetic set in the dataset layout.
+# The main job on the offline smol profile: SmolLM2-135M-Instruct with LoRA, marker rows and adaptors
+# trained on the synthetic set (configs/checkpoints/smol): new synthetic inputs the model has never
+# seen, a description, a question and a generation request whose video is rendered by the tiny
+# generator; then its held-out scores, and one paper benchmark (COCO captioning's table) run over a
+# small synthetic set in the dataset layout.
 DEMO := demo-out
+PROFILE := smol
 demo: setup
 	$(BIN)/modaverse data synth --output $(DEMO)/inputs --num 30 --seed 2026 --test-fraction 1 --force \
 		--benchmark-sets 8
 	$(BIN)/modaverse generate "What is in this picture? <media>" -i $(DEMO)/inputs/media/image-00000.png \
-		--output-dir $(DEMO)/describe --force
+		--config $(PROFILE) --output-dir $(DEMO)/describe --force
 	$(BIN)/modaverse generate "What do you hear in <media>?" -i $(DEMO)/inputs/media/audio-00002.wav \
-		--output-dir $(DEMO)/question --force
+		--config $(PROFILE) --output-dir $(DEMO)/question --force
 	$(BIN)/modaverse generate "Animate <media>." -i $(DEMO)/inputs/media/image-00003.png \
-		--output-dir $(DEMO)/animate --force
-	$(BIN)/modaverse eval invocations --data $(DEMO)/inputs/test.jsonl --set train.feature_cache=$(DEMO)/cache \
+		--config $(PROFILE) --output-dir $(DEMO)/animate --force
+	$(BIN)/modaverse eval invocations --data $(DEMO)/inputs/test.jsonl --config $(PROFILE) \
+		--set train.feature_cache=$(DEMO)/cache \
 		| $(BIN)/python -c "import json,sys; r=json.load(sys.stdin); print(f\"held-out: capability accuracy {r['capability_accuracy']:.0%}, prompt exact match {r['prompt_exact_match']:.0%} on {r['items']} new conversations\")"
 	rm -rf $(DEMO)/eval
 	$(BIN)/modaverse eval run coco-captions --data $(DEMO)/inputs/benchmarks/image -o $(DEMO)/eval/coco-captions \
-		--no-spice > /dev/null
+		--config $(PROFILE) --no-spice > /dev/null
 
-# Re-trains the shipped tiny weights from scratch (about 6 minutes on a 2-core CPU).
-tiny-checkpoint: setup
+# Re-train the shipped weights from scratch: tiny about 6 minutes, smol about 25 minutes on a 2-core CPU.
+tiny-checkpoint smol-checkpoint: %-checkpoint: setup
 	$(BIN)/modaverse data synth --output data/synth --force
-	$(BIN)/modaverse train --config tiny-train --output-dir runs/tiny-train
-	rm -rf configs/checkpoints/tiny && mkdir -p configs/checkpoints && cp -r runs/tiny-train/final configs/checkpoints/tiny
+	rm -rf runs/$*-train
+	$(BIN)/modaverse train --config $*-train --output-dir runs/$*-train
+	rm -rf configs/checkpoints/$* && mkdir -p configs/checkpoints && cp -r runs/$*-train/final configs/checkpoints/$*
 
 lint: setup
 	$(BIN)/ruff check modaverse tests benchmarks model_zoo instructions

@@ -123,13 +123,15 @@ class TokenTable:
         """llguidance's tokenizer from the stored bytes (about 1 s at 262k tokens instead of 4 s)."""
         import llguidance
 
-        table = self
+        blob, bounds = self.blob.tobytes(), self.offsets.tolist()
+        pieces = [blob[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        special = self.special.tolist()
 
         class _Source:  # what llguidance.TokenizerWrapper reads
             eos_token_id = eos_ids[0]
             bos_token_id = tokenizer.bos_token_id
-            tokens = [table.token(i) for i in range(len(table))]
-            special_token_ids = table.special.tolist()
+            tokens = pieces
+            special_token_ids = special
 
             def __call__(self, text: str) -> list[int]:
                 return tokenizer.encode(text, add_special_tokens=False)

@@ -138,3 +138,18 @@ def test_unknown_llm_is_refused_before_loading():
 
     with pytest.raises(ModaverseError, match="set llm.model"):
         load_llm(LLMConfig(device="cpu"), ["<Image>"])
+
+
+def test_from_pretrained_rebuilds_the_run_and_merges_it(smol_run):
+    """The Python API takes the run folder alone; the LoRA and marker rows are folded into the
+    base weights, so nothing is rebuilt per forward pass."""
+    from modaverse.llm import MarkerRows
+    from modaverse.pipeline import ModaVerse
+
+    run, _ = smol_run
+    pipe = ModaVerse.from_pretrained(run, ["generation.max_new_tokens=96"])
+    assert pipe.config.llm.model == SMOL and pipe.config.trainable.llm == "lora"
+    assert not any(isinstance(m, MarkerRows) or "lora" in type(m).__name__.lower() for m in pipe.llm.model.modules())
+    assert type(pipe.llm.model).__name__ == "LlamaForCausalLM"
+    turn = pipe("Describe <media>.", [IB / "image_a.png"])
+    assert turn.constrained and turn.finish_reason == "stop"
