@@ -308,8 +308,11 @@ def _popen_generate(server, captions_file, out, num):
     exe = Path(sys.executable).parent / "modaverse"
     args = [str(exe), "generate-instructions", "--captions", str(captions_file), "--num", str(num), "--output",
             str(out), "--base-url", server.base_url, "--concurrency", "4"]
+    # A suite started with SIGINT ignored (nohup, background jobs, some CI runners) passes that on to
+    # its children; the Ctrl-C test needs the default handler back, as a terminal would give it.
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", **ENV})
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **ENV},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_sigkill_then_rerun_ends_with_exactly_n_records(captions, tmp_path):
