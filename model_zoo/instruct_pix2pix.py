@@ -32,10 +32,12 @@ class InstructPix2Pix(DiffusersGenerator):
     def render(self, prompt, params, out_dir: Path, inputs=()) -> list[Path]:
         from PIL import Image
 
+        from modaverse.media.image import open_image
+
         images = [i for i in inputs if i.modality == "image"]
         if not images:
             raise ModaverseError(f"{self.capability} edits an image, but this turn has no image input")
-        source = Image.open(images[-1].path).convert("RGB")
+        source = open_image(images[-1].path).convert("RGB")  # the same size guard as every decode
         kwargs = self.common_kwargs(params)
         # The pipeline edits at the input's own size; width/height (when given) resize it first.
         size = (kwargs.pop("width", source.width), kwargs.pop("height", source.height))

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from modaverse.errors import MediaError
 from modaverse.media.audio import AudioSpec, load_audio
-from modaverse.media.image import load_image
+from modaverse.media.image import MAX_PIXELS, load_image
 from modaverse.media.sensors import array_shape, load_array, load_depth, load_imu, load_thermal
 from modaverse.media.sniff import check_file, container_modality
 from modaverse.media.video import VideoSpec, load_video
@@ -32,6 +32,8 @@ class MediaConfig(BaseModel):
     audio: AudioSpec = AudioSpec()
     video: VideoSpec = VideoSpec()
     depth_scale: float = Field(0.001, description="16-bit depth PNG units -> metres (0.001 for millimetres)")
+    max_pixels: int = Field(MAX_PIXELS, ge=1, description="largest image (width x height) decoded; bigger ones "
+                            "are refused from their header, before any decoding")
 
 
 @dataclass(frozen=True)
@@ -70,10 +72,10 @@ def detect_modality(path: str | Path) -> str:
             from PIL import Image
 
             try:
-                with Image.open(path) as img:
+                with Image.open(path) as img:  # reads the header only
                     if img.mode.startswith("I;16"):
                         return "depth"
-            except OSError:
+            except (OSError, Image.DecompressionBombError):
                 pass  # the image decoder reports it with the reason
         return "image"
     if kind in ("isobmff", "matroska", "ogg", "avi"):
@@ -97,11 +99,11 @@ def load_media(path: str | Path, modality: str | None = None, config: MediaConfi
         if modality not in ("depth", "thermal", "imu"):
             raise MediaError(path, f"a {modality} array must have shape {INPUT_SHAPE[modality]}, got {tuple(arr.shape)}")
     loaders = {
-        "image": lambda: load_image(path, config.image_size),
+        "image": lambda: load_image(path, config.image_size, config.max_pixels),
         "video": lambda: load_video(path, config.video),
         "audio": lambda: load_audio(path, config.audio),
-        "depth": lambda: load_depth(path, config.image_size, config.depth_scale),
-        "thermal": lambda: load_thermal(path, config.image_size),
+        "depth": lambda: load_depth(path, config.image_size, config.depth_scale, config.max_pixels),
+        "thermal": lambda: load_thermal(path, config.image_size, config.max_pixels),
         "imu": lambda: load_imu(path),
     }
     return MediaInput(str(path), modality, loaders[modality]())

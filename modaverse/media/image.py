@@ -7,6 +7,7 @@ normalisation, so Pillow does the resize here too.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +16,41 @@ from PIL import Image, UnidentifiedImageError
 
 from modaverse.errors import MediaError
 
+#: Pixels an image may declare before anything is decoded (``media.max_pixels``). 50 MP admits
+#: ordinary camera photos (48 MP phone sensors at full resolution) and bounds what one decode
+#: can allocate, whatever the file's bit depth or palette: RGB at 4 bytes a pixel is 200 MB.
+#: Pillow's own bomb limit (89 MP warns, 179 MP refuses) lets a 17 KB 1-bit PNG of 12000 x
+#: 12000 cost 680 MB, and its refusal is a traceback; both become this one-line error.
+MAX_PIXELS = 50_000_000
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Opens and fully decodes the first frame, so truncated files fail here, by name."""
+def too_large(width: int, height: int, max_pixels: int) -> str | None:
+    """Why an image of this size is refused, or None."""
+    if width * height <= max_pixels:
+        return None
+    return (f"image declares {width} x {height} = {width * height / 1e6:.0f} MP, over the "
+            f"{max_pixels / 1e6:g} MP limit (media.max_pixels)")
+
+
+def open_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Checks the declared size, then fully decodes the first frame, so bombs and truncated
+    files fail here, by name, before any large allocation."""
     try:
-        img = Image.open(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        reason = too_large(*img.size, max_pixels)
+        if reason:
+            img.close()
+            raise MediaError(path, reason)
         img.seek(0)
         img.load()
         return img
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise MediaError(path, f"image refused as a decompression bomb ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise MediaError(path, f"cannot decode image ({e})") from None
 
@@ -54,6 +79,6 @@ def normalize(x: torch.Tensor, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
     return (x - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
 
 
-def load_image(path: str | Path, size: int = 224) -> torch.Tensor:
-    img = open_image(path).convert("RGB")
+def load_image(path: str | Path, size: int = 224, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    img = open_image(path, max_pixels).convert("RGB")
     return normalize(pil_to_tensor(resize_center_crop(img, size)))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from modaverse.errors import MediaError
-from modaverse.media.image import open_image, resize_center_crop
+from modaverse.media.image import MAX_PIXELS, open_image, resize_center_crop
 
 IMU_CHANNELS, IMU_LENGTH = 6, 2000
 
@@ -29,8 +29,15 @@ def load_array(path: Path) -> np.ndarray:
         raise MediaError(path, f"cannot read .npy ({e})") from None
     if not np.issubdtype(arr.dtype, np.number):
         raise MediaError(path, f"array has non-numeric dtype {arr.dtype}")
-    if not np.isfinite(arr).all():
-        raise MediaError(path, "array contains NaN or infinite values")
+    return finite(path, arr)
+
+
+def finite(path: Path, arr: np.ndarray) -> np.ndarray:
+    """Sensor values must be numbers: a NaN or Inf would flow through the encoder into the LLM."""
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise MediaError(path, f"holds {int(bad.sum())} NaN or infinite value(s) (first at index {where})")
     return arr
 
 
@@ -63,19 +70,19 @@ def _single_map(path: Path, arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def load_depth(path: Path, size: int = 224, depth_scale: float = 0.001) -> torch.Tensor:
+def load_depth(path: Path, size: int = 224, depth_scale: float = 0.001, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     if path.suffix.lower() == ".npy":
         return _map_to_tensor(_single_map(path, load_array(path)), size)
-    img = open_image(path)
+    img = open_image(path, max_pixels)
     if img.mode not in ("I;16", "I;16B", "I;16L", "I", "L"):
         raise MediaError(path, f"depth images must be single-channel (16-bit PNG), got mode {img.mode}")
     return _map_to_tensor(np.asarray(img, dtype=np.float32) * depth_scale, size)
 
 
-def load_thermal(path: Path, size: int = 224) -> torch.Tensor:
+def load_thermal(path: Path, size: int = 224, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     if path.suffix.lower() == ".npy":
         return _map_to_tensor(_single_map(path, load_array(path)), size)
-    img = open_image(path)
+    img = open_image(path, max_pixels)
     if img.mode.startswith("I"):  # 16-bit radiometric -> [0, 1]
         arr = np.asarray(img, dtype=np.float32) / 65535.0
         return _map_to_tensor(arr, size)
@@ -94,9 +101,10 @@ def _read_csv(path: Path) -> np.ndarray:
     except (ValueError, IndexError):
         rows = rows[1:]  # header line
     try:
-        return np.array([[float(v) for v in r.split(",")] for r in rows], dtype=np.float32)
+        arr = np.array([[float(v) for v in r.split(",")] for r in rows], dtype=np.float32)
     except ValueError as e:
         raise MediaError(path, f"CSV holds a non-numeric value ({e})") from None
+    return finite(path, arr)
 
 
 def load_imu(path: Path) -> torch.Tensor:
