@@ -89,3 +89,17 @@ def test_nan_and_inf_in_sensor_data_name_the_file(tmp_path, kind):
         np.save(path, arr)
     r = run_cli("embed", path, "--modality", modality, "--output", tmp_path / "e.safetensors")
     _one_line_error(r, str(path), "NaN or infinite")
+
+
+@pytest.mark.parametrize("name", ["clip.wav", "clip.m4a", "clip.mp3"])
+def test_a_video_behind_an_audio_extension_is_mislabelled(tmp_path, name):
+    """The documented rule: bytes and extension agree. (An audio-only .mp4 is read as audio.)"""
+    from . import media_factory as mf
+
+    src = mf.video(tmp_path / "src.mp4", with_audio=True)
+    path = tmp_path / name
+    path.write_bytes(src.read_bytes())
+    r = run_cli("embed", path, "--output", tmp_path / "e.safetensors")
+    _one_line_error(r, str(path), "mislabelled")
+    sound_only = mf.audio(tmp_path / "tone.m4a")
+    assert load_media(sound_only).modality == "audio"

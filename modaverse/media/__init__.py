@@ -79,7 +79,11 @@ def detect_modality(path: str | Path) -> str:
                 pass  # the image decoder reports it with the reason
         return "image"
     if kind in ("isobmff", "matroska", "ogg", "avi"):
-        return container_modality(path)
+        found = container_modality(path)
+        if family == "audio" and found == "video":  # an audio-only .mp4 is audio; a video .m4a is not
+            raise MediaError(path, f"mislabelled: the extension says audio but the file holds a video stream "
+                                   f"(rename it to .mp4, or pass --modality audio to read its sound)")
+        return found
     return family
 
 
