@@ -487,6 +487,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not Path(args.data).is_file():
             raise ModaverseError(f"{args.data}: no such file")
         result = evaluate_invocations(_config(args), args.data, limit=args.limit)
+        every = result.pop("all_mistakes")
+        if args.mistakes:
+            from modaverse.atomic import write_text_atomic
+
+            write_text_atomic(Path(args.mistakes), "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in every))
+            print(f"wrote all {len(every)} mistake(s) to {args.mistakes}", file=sys.stderr)
+        elif len(every) > len(result["first_mistakes"]):
+            print(f"modaverse: note: {len(every)} mistakes, the first {len(result['first_mistakes'])} shown; "
+                  "--mistakes PATH writes them all", file=sys.stderr)
     for note in result.get("notes", []):
         print(f"modaverse: note: {note}", file=sys.stderr)
     print(json.dumps(result, indent=2, ensure_ascii=False))
@@ -809,6 +818,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(q)
     _add_checkpoint_arg(q)
     q.add_argument("--limit", type=_positive_int, metavar="N", help="score only the first N records")
+    q.add_argument("--mistakes", metavar="PATH", help="write every wrong answer (line, id, expected, got) as JSONL")
     q.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("serve", help="web demo and REST API on one server",
@@ -834,7 +844,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import-checkpoint", help="convert the official ModaVerse checkpoint",
                        description="Convert the official ModaVerse-7b-v0 pytorch_model.pt (adaptor, LoRA, "
                        "full embed_tokens/lm_head) into a checkpoint folder for --config (default "
-                       "modaverse-7b-official): the shared projection is copied to every modality's "
+                       "modaverse-7b): the shared projection is copied to every modality's "
                        "adaptor, LoRA keys are renamed (with or without the adapter name), and the six "
                        "added token rows are kept.")
     p.add_argument("source", metavar="SRC", help="pytorch_model.pt")

@@ -73,8 +73,8 @@ def evaluate_invocations(config: Config, data: str | os.PathLike, *, limit: int 
     hits, exact, n = Counter(), Counter(), Counter()
     wrong, hypotheses, references = [], {}, {}
     disable = None if progress is None else not progress
-    for rec, media, ks in tqdm(list(zip(records, resolved, keys, strict=True)), desc="eval", unit="item",
-                               disable=disable, file=sys.stderr, leave=False):
+    for pos, (rec, media, ks) in enumerate(tqdm(list(zip(records, resolved, keys, strict=True)), desc="eval",
+                                                unit="item", disable=disable, file=sys.stderr, leave=False)):
         msgs = messages(rec, [m.modality for m in media])[:-1]
         feats = table[[row[k] for k in ks]]
         _, embeds = pipe.prepare_messages(msgs, feats, reserve=pipe.config.generation.max_new_tokens)
@@ -86,9 +86,11 @@ def evaluate_invocations(config: Config, data: str | os.PathLike, *, limit: int 
         hits[label] += got_caps == want_caps
         ok = got_caps == want_caps and got_prompts == want_prompts
         exact[label] += ok
-        hypotheses[rec.id], references[rec.id] = [_words(got_prompts)], [_words(want_prompts)]
-        if not ok and len(wrong) < 5:
-            wrong.append({"id": rec.id, "expected": rec.messages[-1].meta_response.as_dict(), "got": reply.meta.as_dict()})
+        # keyed by position: ids are optional, and id-less records must not overwrite each other
+        hypotheses[pos], references[pos] = [_words(got_prompts)], [_words(want_prompts)]
+        if not ok:
+            wrong.append({"line": pos + 1, "id": rec.id, "expected": rec.messages[-1].meta_response.as_dict(),
+                          "got": reply.meta.as_dict()})
     total = sum(n.values())
     return {
         "data": str(Path(data)),
@@ -98,5 +100,7 @@ def evaluate_invocations(config: Config, data: str | os.PathLike, *, limit: int 
         "prompt_bleu": round(_bleu4(hypotheses, references), 4) if total else None,
         "per_capability": {k: {"items": n[k], "capability_accuracy": round(hits[k] / n[k], 4),
                                "prompt_exact_match": round(exact[k] / n[k], 4)} for k in sorted(n)},
-        "mistakes": wrong,
+        "mistakes": len(wrong),
+        "first_mistakes": wrong[:5],
+        "all_mistakes": wrong,
     }

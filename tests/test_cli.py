@@ -146,3 +146,33 @@ def test_usage_errors_are_one_line(tmp_path):
     (tmp_path / "dir.safetensors").mkdir()
     _one_line_error(run_cli("embed", IB / "image_a.png", "-o", tmp_path / "dir.safetensors"), "is a directory")
     _one_line_error(run_cli("inspect", IB / "image_a.png"), "not an embeddings file")
+
+
+def _help_texts(parser, prefix="modaverse"):
+    """Every (sub)command's --help text, as a user would print it."""
+    import argparse
+
+    yield prefix, parser.format_help()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _help_texts(sub, f"{prefix} {name}")
+
+
+def test_help_texts_name_only_configs_that_exist():
+    """A config named in any --help must exist (one named modaverse-7b-official, which never did)."""
+    import re
+
+    from modaverse.cli import build_parser
+    from modaverse.config import list_configs
+
+    configs = list_configs()
+    family = "|".join(sorted({re.escape(c.split("-")[0]) for c in configs}, key=len, reverse=True))
+    # hyphenated names that start like a config's (bare words such as "tiny" are configs or prose)
+    pattern = re.compile(rf"(?<![\w/.-])((?:{family})(?:-[\w]+)+)(?![\w/-])")
+    seen = 0
+    for command, text in _help_texts(build_parser()):
+        for name in pattern.findall(" ".join(text.split())):
+            seen += 1
+            assert name in configs, f"`{command} --help` names config {name!r}"
+    assert seen > 0  # the walk does reach help texts that name configs

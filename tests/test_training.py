@@ -245,6 +245,20 @@ def test_eval_invocations_cli(synth, tmp_path):
     assert sum(v["items"] for v in result["per_capability"].values()) == n
     _one_line_error(run_cli("eval", "invocations", "--data", synth / "test.jsonl", "--checkpoint",
                             tmp_path / "nothing"), "no such checkpoint folder")
+    # ids are optional: the same records without them score the same (BLEU was keyed by id, so every
+    # id-less record collided on None and only the last was scored), and every mistake can be written
+    bare = synth / "test-no-ids.jsonl"
+    bare.write_text("".join(json.dumps({k: v for k, v in json.loads(line).items() if k != "id"}) + "\n"
+                            for line in (synth / "test.jsonl").read_text().splitlines()))
+    mistakes = tmp_path / "mistakes.jsonl"
+    r = run_cli("eval", "invocations", "--data", bare, "--config", "tiny-train", "--checkpoint", run,
+                "--set", f"train.feature_cache={tmp_path / 'cache'}", "--mistakes", mistakes)
+    assert r.returncode == 0, r.stderr
+    no_ids = json.loads(r.stdout)
+    assert no_ids["prompt_bleu"] == result["prompt_bleu"] and no_ids["items"] == n
+    wrong = [json.loads(x) for x in mistakes.read_text().splitlines()]
+    assert len(wrong) == no_ids["mistakes"] == round(n * (1 - no_ids["prompt_exact_match"]))
+    assert all(w["id"] is None and 1 <= w["line"] <= n for w in wrong)
 
 
 def test_shipped_tiny_checkpoint_answers_synthetic_inputs(tmp_path):

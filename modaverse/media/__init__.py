@@ -81,8 +81,8 @@ def detect_modality(path: str | Path) -> str:
     if kind in ("isobmff", "matroska", "ogg", "avi"):
         found = container_modality(path)
         if family == "audio" and found == "video":  # an audio-only .mp4 is audio; a video .m4a is not
-            raise MediaError(path, f"mislabelled: the extension says audio but the file holds a video stream "
-                                   f"(rename it to .mp4, or pass --modality audio to read its sound)")
+            raise MediaError(path, "mislabelled: the extension says audio but the file holds a video stream "
+                                   "(rename it to .mp4, or pass --modality audio to read its sound)")
         return found
     return family
 

@@ -368,6 +368,7 @@ def train(config: Config, *, output_dir: str | Path | None = None, resume: bool 
 
             summary["eval"] = evaluate_invocations(config.model_copy(update={"checkpoint": str(final)}),
                                                    t.eval_data, progress=progress)
+            summary["eval"].pop("all_mistakes")
         write_json_atomic(out / "summary.json", summary)
     acc.wait_for_everyone()
     if t.log_with:
