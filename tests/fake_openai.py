@@ -9,7 +9,9 @@ first time it is seen; ``faults(ordinal, attempt)`` names what that attempt gets
 - ``"malformed"``: prose that is not JSON;  ``"violate"``: JSON that breaks the schema;
 - ``"duplicate"``: the reply it gave an earlier request of the same kind about the same attachments
   (if there was none yet, the next such request gets this one's reply again);
-- ``"length"``: a reply cut off at the token limit;  None: a good reply.
+- ``"length"``: a reply cut off at the token limit;  None: a good reply;
+- ``"html"``, ``"text"``, ``"shape"``: a 200 that is not a chat completion at all (a proxy's HTML
+  page, plain text, JSON of another shape).
 
 Good replies are built from the prompt (kind, target generator, attachment captions) with
 words drawn by the ordinal, so they are valid and distinct.
@@ -137,6 +139,20 @@ class FakeOpenAI:
         if fault == "stall":
             time.sleep(self.stall)
             return self._send(h, 500, {"error": {"message": "too late", "type": "server_error"}})
+        if fault == "shape":
+            return self._send(h, 200, {"status": "ok", "data": [1, 2, 3]})
+        if fault in ("html", "text"):
+            page = (b"<html><body><h1>Welcome to the proxy</h1></body></html>" if fault == "html"
+                    else b"upstream temporarily unavailable, try later")
+            try:
+                h.send_response(200)
+                h.send_header("Content-Type", "text/html" if fault == "html" else "text/plain")
+                h.send_header("Content-Length", str(len(page)))
+                h.end_headers()
+                h.wfile.write(page)
+            except OSError:
+                pass
+            return
         prompt = body["messages"][-1]["content"]
         # same kind, target and attachments: a repeat of that reply is a near-duplicate, not a misfit
         block = prompt.split("\n", 1)[0] + prompt.split("Attachments, in order", 1)[1].split("\n\n", 1)[0]

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -441,3 +442,31 @@ def test_progress_bar_on_a_terminal_and_summary_on_stdout(captions, tmp_path):
     summary = json.loads(out)
     expected = (summary["prompt_tokens"] * 1 + summary["completion_tokens"] * 2) / 1e6
     assert summary["cost_usd"] == pytest.approx(expected, abs=1e-6) and summary["cost_usd"] > 0
+
+
+def test_a_200_that_is_not_a_chat_completion_is_retried_and_never_crashes(one_caption, tmp_path):
+    """A proxy's HTML page, plain text or JSON of another shape, answered with 200: the request is
+    retried like a 5xx; one that never gets a completion is a failed request with its reason in the
+    rejects file. (It used to end the run: 'str' object has no attribute 'usage'.)"""
+    from collections import Counter
+
+    seen = Counter()
+    lock = threading.Lock()
+
+    def odd(ordinal, attempt):
+        with lock:
+            seen[ordinal] += 1
+            tries = seen[ordinal]
+        if ordinal == 1:
+            return "html"  # never answers properly
+        return {0: "text", 2: "shape", 3: "html"}.get(ordinal) if tries == 1 else None
+
+    out = tmp_path / "gen.jsonl"
+    with FakeOpenAI(odd) as server:
+        r = _generate(server, one_caption, out, "--num", 6, "--concurrency", 2, "--max-retries", 1, "--seed", 3)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["records"] == len(read_records(out)) == 6 and summary["failed"] == 1
+    reasons = [x["reason"] for x in _lines(tmp_path / "gen.rejects.jsonl")]
+    assert any("not a chat completion" in x and "Welcome to the proxy" in x for x in reasons), reasons

@@ -35,7 +35,7 @@ from modaverse import meta
 from modaverse.data.records import Record, RecordError, parse_record, record_line
 from modaverse.errors import ModaverseError
 from modaverse.instruct.dedup import NearDuplicates
-from modaverse.instruct.replies import Rejected, reply_schema, to_record
+from modaverse.instruct.replies import Rejected, not_a_completion, reply_schema, to_record
 from modaverse.instruct.settings import Settings
 from modaverse.instruct.sources import Templates, load_captions, load_references, load_seeds, load_templates
 from modaverse.instruct.tasks import Planner, Task, messages
@@ -347,26 +347,39 @@ class Run:
     async def _ask(self, client, limiter, task: Task) -> None:
         import openai
 
-        if limiter is not None:
-            await limiter.acquire()
-        try:
-            completion = await client.chat.completions.create(**request_kwargs(self.s, self.p, task))
-        except openai.OpenAIError as e:
-            error = _fatal(e, self.s, self.answered)
-            if error:
-                raise error from None
-            self.counts.failed += 1
-            self.failure_streak += 1
-            log.debug("task %d failed after retries: %s", task.index, e)
-            limit = max(10, 2 * self.s.concurrency)
-            if self.failure_streak >= limit:
-                raise GenerationError(f"{limit} requests in a row failed after "
-                                      f"{self.s.max_retries} retries each; last: {type(e).__name__}: "
-                                      f"{str(e).splitlines()[0][:200]}") from None
-            return
+        for attempt in range(self.s.max_retries + 1):
+            if limiter is not None:
+                await limiter.acquire()
+            try:
+                completion = await client.chat.completions.create(**request_kwargs(self.s, self.p, task))
+            except openai.OpenAIError as e:
+                error = _fatal(e, self.s, self.answered)
+                if error:
+                    raise error from None
+                return self._failed(task, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            problem = not_a_completion(completion)
+            if problem is None:
+                break
+            # A proxy's HTML page or a server of another kind answering 200: retried like a 5xx.
+            log.debug("task %d attempt %d: %s", task.index, attempt, problem)
+            if attempt < self.s.max_retries:
+                await asyncio.sleep(min(8.0, 0.5 * 2**attempt))
+        else:
+            self.journal.reject(task, record_id(self.s.seed, task.index), problem, None)
+            return self._failed(task, problem)
         self.answered += 1
         self.failure_streak = 0
         self._handle(task, completion)
+
+    def _failed(self, task: Task, reason: str) -> None:
+        """A request that got no usable answer after its retries: counted, and a long run of them stops."""
+        self.counts.failed += 1
+        self.failure_streak += 1
+        log.debug("task %d failed after retries: %s", task.index, reason)
+        limit = max(10, 2 * self.s.concurrency)
+        if self.failure_streak >= limit:
+            raise GenerationError(f"{limit} requests in a row failed after {self.s.max_retries} retries each; "
+                                  f"last: {reason}")
 
     def _handle(self, task: Task, completion) -> None:
         rid = record_id(self.s.seed, task.index)

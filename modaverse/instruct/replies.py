@@ -92,3 +92,19 @@ def to_record(task: Task, content: str | None, record_id: str, source: str, out_
         return parse_record(doc, caps)
     except RecordError as e:
         raise Rejected(str(e)) from None
+
+
+def not_a_completion(reply) -> str | None:
+    """Why a 200 reply is not a chat completion, or None. The client hands back a bare string for a
+    non-JSON body (a proxy's HTML page) and an unvalidated object for JSON of another shape."""
+    from openai.types.chat import ChatCompletion
+    from pydantic import ValidationError
+
+    if isinstance(reply, ChatCompletion):
+        try:
+            ChatCompletion.model_validate(reply.model_dump(warnings=False))
+            return None
+        except ValidationError as e:
+            return f"not a chat completion: a JSON reply of another shape ({e.errors()[0]['loc'][0]!r} invalid)"
+    text = reply if isinstance(reply, str) else repr(reply)
+    return f"not a chat completion: the server answered 200 with {' '.join(text.split())[:120]!r}"
