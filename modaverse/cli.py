@@ -415,7 +415,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
         if not Path(args.file).is_file():
             raise ModaverseError(f"{args.file}: no such file")
-        lines, counts, good = report(args.file, _config(args), limit=args.limit)
+        lines, counts, good = report(args.file, _config(args), limit=args.limit, decode=not args.no_decode)
         for line in lines:
             print(line)
         bad = sum(counts.values())
@@ -693,6 +693,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("file", metavar="FILE")
     _add_config_args(q)
     q.add_argument("--limit", type=_positive_int, default=50, help="problems printed at most (default 50)")
+    q.add_argument("--no-decode", action="store_true",
+                   help="check files by existence, extension and signature only, without decoding each one "
+                   "with the loaders training uses (faster on huge sets)")
     q.set_defaults(func=cmd_data)
     q = dsub.add_parser("import", help="convert another project's instruction JSON")
     q.add_argument("format", choices=["official", "llava", "pandagpt"])

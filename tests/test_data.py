@@ -188,3 +188,32 @@ def test_data_schema_cli():
     r = run_cli("data", "schema")
     assert r.returncode == 0
     assert json.loads(r.stdout)["title"] == "Record"
+
+
+def test_validate_decodes_every_file_as_training_would(tmp_path):
+    """A WAV labelled `image` and a truncated PNG pass a signature check but kill training: they are
+    reported as FILE:LINE before it starts. --no-decode keeps the quick structural check."""
+    from . import media_factory as mf
+
+    media = tmp_path / "media"
+    media.mkdir()
+    mf.image(media / "ok.png")
+    mf.audio(media / "sound.wav")
+    full = mf.image(media / "whole.png", size=(400, 300))
+    (media / "cut.png").write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+
+    def record(path, modality=None):
+        ref = {"path": f"media/{path}", **({"modality": modality} if modality else {})}
+        return json.dumps({"messages": [{"role": "user", "text": "What is <media>?", "media": [ref]},
+                                        {"role": "assistant", "meta_response": {"text": "A picture."}}]})
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join([record("ok.png"), record("sound.wav", "image"), record("cut.png")]) + "\n")
+    r = run_cli("data", "validate", data)
+    assert r.returncode == 1, r.stdout + r.stderr
+    out = r.stdout.splitlines()
+    assert out[0] == f"{data}:2: media: media/sound.wav: labelled image, but the file is audio"
+    assert out[1].startswith(f"{data}:3: media: media/cut.png: cannot decode image")
+    assert out[-1] == f"{data}: 1 record(s) ok, 2 bad (2 media)"
+    quick = run_cli("data", "validate", data, "--no-decode")
+    assert quick.returncode == 1 and quick.stdout.splitlines()[-1] == f"{data}: 2 record(s) ok, 1 bad (1 media)"  # the cut PNG passes

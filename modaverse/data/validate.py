@@ -4,7 +4,9 @@ Three kinds of problem, each reported once per line:
 
 - ``invalid``: not JSON, not a record, or a meta-response that does not validate (unknown
   capability, multi-line prompt, ...);
-- ``media``: a referenced file is missing or is not the modality it claims;
+- ``media``: a referenced file is missing, is not the modality it claims, or does not decode
+  with the loaders training uses (a truncated PNG, a WAV labelled ``image``); ``decode=False``
+  checks only existence, extension and file signature;
 - ``too long``: after tokenisation with the config's tokenizer and template, even the last
   exchange does not fit ``train.max_length`` (earlier turns would be trimmed, which is fine).
 """
@@ -34,32 +36,34 @@ def prompt_builder(config: Config):
     """The training prompt builder, with only the tokenizer loaded (no model weights)."""
     from modaverse import checkpoint
     from modaverse.llm import _load_tokenizer, wrap_bpe
+    from modaverse.llm_source import resolve
     from modaverse.prompt import marker_tokens
     from modaverse.training.examples import training_builder
 
-    saved = checkpoint.saved_tokenizer(config.checkpoint) if config.checkpoint and config.llm.model is None else None
-    tok = wrap_bpe(saved) if saved else _load_tokenizer(config.llm)
+    source = resolve(config.llm.model) if config.llm.model is not None else None
+    saved = checkpoint.saved_tokenizer(config.checkpoint) if config.checkpoint and source is None else None
+    tok = wrap_bpe(saved) if saved else _load_tokenizer(config.llm, source)
     if tok.pad_token is None:
         tok.pad_token = tok.unk_token or tok.eos_token
     tok.add_tokens(marker_tokens(config.encoder.modalities, config.prompt.compose), special_tokens=True)
     model_max = (config.llm.arch or {}).get("max_position_embeddings")
-    if config.llm.model is not None:
+    if source is not None:
         from transformers import AutoConfig
 
-        model_max = getattr(AutoConfig.from_pretrained(config.llm.model).get_text_config(),
-                            "max_position_embeddings", None)
+        model_max = getattr(AutoConfig.from_pretrained(source).get_text_config(), "max_position_embeddings", None)
     return training_builder(config, tok, model_max)
 
 
-def problems(path: str | os.PathLike, config: Config) -> Iterator[Problem | int]:
+def problems(path: str | os.PathLike, config: Config, decode: bool = True) -> Iterator[Problem | int]:
     """Yields each problem, and the number of each good line (for counting)."""
-    from modaverse.media import detect_modality
-    from modaverse.media.sniff import check_file
+    from modaverse.media import detect_modality, load_media
+    from modaverse.media.sniff import check_claim
     from modaverse.prompt import PromptError
     from modaverse.training.examples import messages, tokenize
 
     builder = prompt_builder(config)
     caps = meta.capabilities(config.zoo)
+    decoded: set[Path] = set()
     for line in read_lines(path, caps):
         if line.error:
             yield Problem(line.number, "invalid", line.error)
@@ -71,7 +75,12 @@ def problems(path: str | os.PathLike, config: Config) -> Iterator[Problem | int]
                 bad = f"{ref.path}: no such file"
                 break
             try:  # a labelled file only needs its content to match its extension
-                mods.append(ref.modality if ref.modality and check_file(p) else detect_modality(p))
+                if ref.modality:
+                    check_claim(p, ref.modality)
+                mods.append(ref.modality or detect_modality(p))
+                if decode and p not in decoded:  # what training will do with it, once per file
+                    load_media(p, mods[-1], config.media)
+                    decoded.add(p)
             except MediaError as e:
                 bad = f"{ref.path}: {e.reason}"
                 break
@@ -86,10 +95,11 @@ def problems(path: str | os.PathLike, config: Config) -> Iterator[Problem | int]
         yield line.number
 
 
-def report(path: str | os.PathLike, config: Config, limit: int = 50) -> tuple[list[str], Counter, int]:
+def report(path: str | os.PathLike, config: Config, limit: int = 50,
+           decode: bool = True) -> tuple[list[str], Counter, int]:
     """Report lines (``FILE:LINE: kind: reason``), counts per kind, and the number of good records."""
     lines, counts, good = [], Counter(), 0
-    for item in problems(path, config):
+    for item in problems(path, config, decode):
         if isinstance(item, int):
             good += 1
             continue

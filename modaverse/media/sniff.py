@@ -61,6 +61,18 @@ FAMILY_KINDS = {
 }
 
 
+#: Which file families can hold each modality (an .mp4's sound is audio; a 16-bit PNG is a depth map).
+HOLDS: dict[str, set[str]] = {"image": {"image"}, "video": {"video"}, "audio": {"audio", "video"},
+                              "depth": {"image", "npy"}, "thermal": {"image", "npy"}, "imu": {"csv", "npy"}}
+
+
+def check_claim(path: Path, modality: str) -> None:
+    """A record's stated modality must be one its file can hold (a WAV is never an image)."""
+    family, _ = check_file(path)
+    if family not in HOLDS.get(modality, {family}):
+        raise MediaError(path, f"labelled {modality}, but the file is {family}")
+
+
 def family_of(ext: str) -> str:
     if ext in IMAGE_EXT:
         return "image"
