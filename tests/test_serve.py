@@ -25,6 +25,7 @@ class Server:
     def __init__(self, tmp: Path, *args: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.outputs = tmp / "outputs"
         self.log = (tmp / "server.log").open("w+")
         exe = Path(sys.executable).parent / "modaverse"
         self.proc = subprocess.Popen([str(exe), "serve", "--port", str(self.port), "--outputs", str(tmp / "outputs"),
@@ -213,9 +214,50 @@ def test_uploads_after_the_first_turn_join_the_conversation(tiny_pipe, picture, 
 
     sound = write_benchmark_set(tmp_path / "s", "audio", num=1, seed=4) / "audio" / "00000.wav"
     service = Service(tiny_pipe, tmp_path / "outputs")
-    first = service.generate("What is in this picture? <media>", service.load_inputs([(picture, None)]))
+    first = service.generate("What is in this picture? <media>", [(picture, None)])
     assert "green" in first.turn.text.lower()  # the picture is a green ring
-    second = service.generate("What do you hear in <media>?", service.load_inputs([(sound, None)]), [first.turn])
+    second = service.generate("What do you hear in <media>?", [(sound, None)], [first.turn])
     assert [i.modality for i in second.turn.inputs] == ["audio"]
     assert any(w in second.turn.text.lower() for w in ("hum", "beep", "noise", "chirp")), second.turn.text
     assert second.id != first.id
+
+
+def test_bomb_uploads_are_422_and_the_server_carries_on(server, picture, tmp_path):
+    from .test_hostile_media import jpeg_declaring, png_declaring
+
+    png_declaring(tmp_path / "bomb.png", 40000, 40000)  # over Pillow's own limit
+    jpeg_declaring(tmp_path / "big.jpg", 8000, 8000)  # 64 MP: over media.max_pixels only
+    for name in ("bomb.png", "big.jpg"):
+        r = post(server, {"instruction": "Describe <media>."}, [("files", (name, (tmp_path / name).read_bytes()))])
+        assert r.status_code == 422, r.text
+        detail = r.json()["detail"]
+        assert detail.startswith(f"{name}: ") and ("decompression bomb" in detail or "max_pixels" in detail)
+    ok = post(server, {"instruction": "Describe <media>."}, [("files", ("a.png", picture.read_bytes()))])
+    assert ok.status_code == 200
+
+
+def test_a_chunked_body_is_cut_off_at_the_cap(server):
+    """No Content-Length: the bytes are counted while they are read, and 413 comes as soon as the
+    cap (3 files x 1 MB + 1 MB) is passed: nothing past it is spooled to disk."""
+    def body():
+        yield b"--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.wav\"\r\n\r\n"
+        for _ in range(64):
+            yield b"\x00" * (1 << 20)
+
+    r = httpx.post(server.url + "/v1/generate", content=body(),
+                   headers={"content-type": "multipart/form-data; boundary=b"}, timeout=60)
+    # the body cap's message, not the per-file check's (which could only run after the whole upload)
+    assert r.status_code == 413 and r.json()["detail"].startswith("request body of more than"), r.text
+    assert httpx.get(server.url + "/healthz").status_code == 200
+
+
+def test_a_link_inside_the_outputs_folder_is_not_followed(server, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the web")
+    rid = secrets.token_hex(16)
+    folder = Path(server.outputs) / rid
+    folder.mkdir(parents=True)
+    (folder / "image.png").symlink_to(secret)
+    assert httpx.get(f"{server.url}/v1/outputs/{rid}/image.png").status_code == 404
+    (folder / "real.png").write_bytes(b"\x89PNG")
+    assert httpx.get(f"{server.url}/v1/outputs/{rid}/real.png").status_code == 200

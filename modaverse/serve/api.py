@@ -79,6 +79,37 @@ ERRORS = {code: {"description": text, "content": {"application/json": {"example"
                              (500, "the request failed inside the model"))}
 
 
+class BodyCap:
+    """Refuses a request body over ``cap`` bytes: from its Content-Length before reading, and for a
+    chunked body (no length) as soon as the bytes read pass the cap, so nothing larger is spooled."""
+
+    def __init__(self, app, cap: int):
+        self.app, self.cap = app, cap
+
+    def _refusal(self, size: str) -> HTTPException:
+        return HTTPException(413, f"request body of {size} is over the {self.cap / 1048576:.0f} MB limit")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.cap:
+            response = JSONResponse({"detail": str(self._refusal(f"{int(length) / 1048576:.1f} MB").detail)},
+                                    status_code=413)
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.cap:  # FastAPI passes an HTTPException raised while parsing through as itself
+                raise self._refusal("more than that")
+            return message
+
+        await self.app(scope, counted, send)
+
+
 def create_app(config: Config, outputs: Path, limits: Limits | None = None, *, ui: bool = True,
                pipe=None) -> FastAPI:
     """The server; the models load when it starts (``pipe`` reuses one already built, for tests)."""
@@ -97,14 +128,7 @@ def create_app(config: Config, outputs: Path, limits: Limits | None = None, *, u
                   description="Any-to-any multimodal assistant: inputs in, a meta-response and rendered outputs out.")
     body_cap = limits.max_files * limits.max_upload_bytes + (1 << 20)
 
-    @app.middleware("http")
-    async def refuse_oversized_bodies(request: Request, call_next):
-        """A body over every file's limit together is refused from its header, before it is read."""
-        size = request.headers.get("content-length")
-        if request.method == "POST" and size and size.isdigit() and int(size) > body_cap:
-            return JSONResponse({"detail": f"request body of {int(size) / 1048576:.1f} MB is over the "
-                                 f"{body_cap / 1048576:.0f} MB limit"}, status_code=413)
-        return await call_next(request)
+    app.add_middleware(BodyCap, cap=body_cap)
 
     @app.get("/healthz", response_model=Health, summary="liveness and queue depth")
     def healthz(request: Request) -> dict:
@@ -139,8 +163,7 @@ def create_app(config: Config, outputs: Path, limits: Limits | None = None, *, u
                         while chunk := f.file.read(1 << 20):
                             out.write(chunk)
                     saved.append((path, kind))
-                items = service.load_inputs(saved)
-                result = service.generate(instruction, items, settings=Settings(temperature, max_new_tokens,
+                result = service.generate(instruction, saved, settings=Settings(temperature, max_new_tokens,
                                                                                  seed, constrained))
                 names = {str(path): f.filename for (path, _), f in zip(saved, files, strict=True)}
         except UploadError as e:

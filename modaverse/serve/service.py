@@ -117,9 +117,10 @@ class Service:
                 "size": self.limits.queue_size}, "served": self.served,
                 "uptime_s": round(time.time() - self.started, 1)}
 
-    def load_inputs(self, files: list[tuple[Path, str | None]]) -> list:
+    def _decode(self, files: list[tuple[Path, str | None]]) -> list:
         """Decodes uploads that passed :func:`check_uploads`; a file that is not what it claims is a 422
-        naming it and why."""
+        naming it and why. Called only inside the run lock: decoding is the step that costs memory
+        (an image up to ``media.max_pixels``), so at most one request's files are decoded at once."""
         items = []
         for path, modality in files:
             try:
@@ -128,9 +129,12 @@ class Service:
                 raise UploadError(str(e).replace(str(path.parent) + "/", ""), 422) from None
         return items
 
-    def generate(self, instruction: str, inputs: list, history: list | None = None,
+    def generate(self, instruction: str, files: list[tuple[Path, str | None]], history: list | None = None,
                  settings: Settings | None = None) -> Result:
-        """Runs one request when its turn comes; :class:`Busy` at once when the queue is full."""
+        """Runs one request when its turn comes; :class:`Busy` at once when the queue is full.
+
+        ``files`` are saved uploads (path, modality or None), decoded when the request's turn comes,
+        never before: a burst of uploads waits as bytes on disk, not as decoded pixels in memory."""
         if not self._slots.acquire(blocking=False):
             raise Busy(f"the server is busy ({self.limits.queue_size} requests waiting); retry shortly")
         settings = settings or Settings()
@@ -142,6 +146,7 @@ class Service:
                 with self._count:
                     self.waiting -= 1
                 queued = time.perf_counter() - t
+                inputs = self._decode(files)
                 rid = secrets.token_hex(16)
                 folder = self.outputs / rid
                 try:
@@ -160,8 +165,9 @@ class Service:
         """The file behind ``/v1/outputs/{rid}/{name}``, or None: only generated files, never a path escape."""
         if not ID_PATTERN.fullmatch(rid) or not NAME_PATTERN.fullmatch(name):
             return None
-        path = self.outputs / rid / name
-        return path if path.is_file() else None
+        path = (self.outputs / rid / name).resolve()  # a link inside the folder must not lead out of it
+        root = self.outputs.resolve()
+        return path if path.is_file() and path.is_relative_to(root) and path.parent.parent == root else None
 
 
 def upload_folder() -> tempfile.TemporaryDirectory:

@@ -27,6 +27,9 @@ def _check_files(files: list[str], limits: Limits, modality: str | None) -> list
     return [(p, modality) for p in paths]
 
 
+UPLOAD_RETENTION = (600, 3600)  # (every N seconds, delete uploads older than M seconds)
+
+
 def build_ui(service: Callable[[], object], limits: Limits):
     """The Blocks; ``service`` is looked up per request, so building the UI loads no model."""
     import gradio as gr
@@ -38,8 +41,8 @@ def build_ui(service: Callable[[], object], limits: Limits):
             raise gr.Error("Type a request, attach files, or both.")
         svc = service()
         try:
-            items = svc.load_inputs(_check_files(files, limits, None if modality == AUTO else modality))
-            result = svc.generate(text, items, turns, Settings(temperature, int(max_new_tokens), int(seed or 0)))
+            uploads = _check_files(files, limits, None if modality == AUTO else modality)
+            result = svc.generate(text, uploads, turns, Settings(temperature, int(max_new_tokens), int(seed or 0)))
         except (UploadError, ModaverseError) as e:
             raise gr.Error(str(e)) from None
         turn = result.turn
@@ -64,7 +67,9 @@ def build_ui(service: Callable[[], object], limits: Limits):
     def clear():
         return None, [], [], {}, None
 
-    with gr.Blocks(title="modaverse") as demo:
+    # Uploads live in Gradio's cache: files older than an hour are deleted every ten minutes (and all of
+    # them when the server restarts); the conversation keeps their embeddings, so it goes on regardless.
+    with gr.Blocks(title="modaverse", delete_cache=UPLOAD_RETENTION) as demo:
         gr.Markdown("## modaverse\nAttach images, video, audio, depth, thermal or IMU files at any turn; "
                     "generated media appear in the chat.")
         # No "share" button: it posts to Hugging Face Spaces, and this server is private by design.
