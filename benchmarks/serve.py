@@ -7,6 +7,12 @@ lost, and the latency of the answered ones (p50/p95), plus the refusal latency.
 
     python benchmarks/serve.py                          # 50 requests, queue 8
     python benchmarks/serve.py --requests 200 --queue-size 32
+    python benchmarks/serve.py --hostile 12             # 12 concurrent decompression bombs
+
+Hostile mode sends ``--hostile`` uploads at once of a 1-bit PNG of ``--bomb-side`` squared pixels
+(a few kB on disk; the default 9000 is 81 MP, under Pillow's own 89 MP warning, and costs about
+320 MB once converted to RGB; 7000 is 49 MP, under media.max_pixels, so it is decoded) and reports the server's peak RSS growth over its idle RSS, sampled every 20 ms, with the
+status codes the uploads got.
 """
 
 from __future__ import annotations
@@ -40,8 +46,12 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=50)
     ap.add_argument("--queue-size", type=int, default=8)
     ap.add_argument("--config", default="tiny")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve-tiny-cpu.json")
+    ap.add_argument("--out", type=Path, help="JSON results (default: benchmarks/results/serve-tiny-cpu[-hostile].json)")
+    ap.add_argument("--hostile", type=int, default=0, metavar="N", help="send N bomb uploads at once instead")
+    ap.add_argument("--bomb-side", type=int, default=9000, metavar="PX", help="side of the hostile 1-bit PNG")
     args = ap.parse_args()
+    suffix = "-hostile" if args.hostile else ""
+    args.out = args.out or ROOT / "benchmarks" / "results" / f"serve-tiny-cpu{suffix}.json"
 
     from modaverse.data.synth import write_benchmark_set
 
@@ -65,6 +75,8 @@ def main() -> None:
                 raise SystemExit("the server did not start")
             time.sleep(0.2)
         ready_s = time.time() - start
+        if args.hostile:
+            return hostile(args, url, server.pid, tmp, ready_s)
         results: list[tuple[int, float, str | None]] = []
         lost: list[str] = []
         barrier = threading.Barrier(args.requests)
@@ -105,6 +117,64 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     if lost or other or len(results) != args.requests:
         raise SystemExit("some requests were lost or got an unexpected status")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def hostile(args, url: str, pid: int, tmp: Path, ready_s: float) -> None:
+    from PIL import Image
+
+    bomb = tmp / "bomb.png"
+    Image.new("1", (args.bomb_side, args.bomb_side)).save(bomb, format="PNG", optimize=True)
+    payload = bomb.read_bytes()
+    time.sleep(1.0)
+    idle = rss_mb(pid)
+    peak, done = idle, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, rss_mb(pid))
+            time.sleep(0.02)
+
+    codes: list[int] = []
+    barrier = threading.Barrier(args.hostile)
+
+    def one(i: int) -> None:
+        barrier.wait()
+        try:
+            r = httpx.post(url + "/v1/generate", data={"instruction": "Describe <media>."},
+                           files=[("files", ("bomb.png", payload, "image/png"))], timeout=600)
+            codes.append(r.status_code)
+        except Exception as e:
+            codes.append(-1)
+            print(f"lost: {type(e).__name__}: {e}", file=sys.stderr)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(args.hostile)]
+    wall = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - wall
+    time.sleep(0.5)
+    done.set()
+    sampler.join()
+    report = {"hostile_uploads": args.hostile, "bomb": f"1-bit PNG {args.bomb_side}x{args.bomb_side}, "
+              f"{len(payload)} bytes", "server_ready_s": round(ready_s, 1), "idle_rss_mb": round(idle),
+              "peak_rss_mb": round(peak), "peak_growth_mb": round(peak - idle),
+              "status_codes": {str(c): codes.count(c) for c in sorted(set(codes))}, "wall_s": round(wall, 2),
+              "alive_after": httpx.get(url + "/healthz", timeout=10).status_code == 200}
+    print(json.dumps(report, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ message names the file and the reason.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,11 +73,13 @@ def detect_modality(path: str | Path) -> str:
             from PIL import Image
 
             try:
-                with Image.open(path) as img:  # reads the header only
-                    if img.mode.startswith("I;16"):
-                        return "depth"
+                with warnings.catch_warnings():  # a bomb is the decoder's to report, in one line
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    with Image.open(path) as img:  # reads the header only
+                        if img.mode.startswith("I;16"):
+                            return "depth"
             except (OSError, Image.DecompressionBombError):
-                pass  # the image decoder reports it with the reason
+                pass
         return "image"
     if kind in ("isobmff", "matroska", "ogg", "avi"):
         found = container_modality(path)

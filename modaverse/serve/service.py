@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +102,9 @@ class Service:
         limits = self.limits
         self.outputs.mkdir(parents=True, exist_ok=True)
         self._run = threading.Lock()
+        # Decoding happens on one thread: malloc keeps a freed 200 MB image buffer in the arena of the
+        # thread that used it, so decodes spread over the server's 40 worker threads left one in each.
+        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modaverse-decode")
         self._slots = threading.BoundedSemaphore(limits.queue_size + 1)  # the running one + those waiting
         self._count = threading.Lock()
         self.waiting = 0
@@ -146,7 +150,7 @@ class Service:
                 with self._count:
                     self.waiting -= 1
                 queued = time.perf_counter() - t
-                inputs = self._decode(files)
+                inputs = self._decoder.submit(self._decode, files).result()
                 rid = secrets.token_hex(16)
                 folder = self.outputs / rid
                 try:
