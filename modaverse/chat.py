@@ -36,6 +36,7 @@ class ChatSession:
         self.kwargs = generate_kwargs
         self.history: list[Turn] = []
         self.pending: list[MediaInput] = []
+        self.turns_saved = 0  # numbers turn files for the whole session: /reset never reuses a name
 
     def say(self, text: str = "", end: str = "\n") -> None:
         self.stdout.write(text + end)
@@ -63,7 +64,7 @@ class ChatSession:
         elif name == "/reset":
             self.history.clear()
             self.pending.clear()
-            self.say("conversation cleared")
+            self.say(f"conversation cleared (turn files so far stay in {self.out_dir})")
         elif name == "/attach":
             self._attach(args)
         elif name == "/save":
@@ -109,7 +110,11 @@ class ChatSession:
         for line in invocation_lines(turn):
             self.say(line)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.out_dir / f"turn-{len(self.history):03d}.json"
+        self.turns_saved += 1
+        path = self.out_dir / f"turn-{self.turns_saved:03d}.json"
+        while path.exists():  # a folder reused from an earlier session: never overwrite its turns
+            self.turns_saved += 1
+            path = self.out_dir / f"turn-{self.turns_saved:03d}.json"
         write_json_atomic(path, turn.to_dict())
         self.say(f"  [saved {path}]")
 

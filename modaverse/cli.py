@@ -154,6 +154,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix != ".safetensors":
         raise ModaverseError(f"{out}: the output must be a .safetensors file")
+    if out.is_dir():
+        raise ModaverseError(f"{out}: is a directory; give a .safetensors file path")
+    if out.exists() and not args.force:
+        raise ModaverseError(f"{out}: already exists; pass --force to replace it")
     if args.encoder_config and args.config:
         raise ModaverseError("--config and --encoder-config are alternatives; give one")
     if args.encoder_config and not args.weights:
@@ -215,7 +219,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_configs(args: argparse.Namespace) -> int:
     """List packaged configs, or print one fully resolved."""
-    from modaverse.config import describe_keys, list_configs
+    from modaverse.config import config_summary, describe_keys, list_configs
 
     if args.keys:
         print("| key | type | default | meaning |\n|---|---|---|---|")
@@ -223,8 +227,10 @@ def cmd_configs(args: argparse.Namespace) -> int:
             print(f"| `{key}` | {typ} | `{default}` | {desc} |")
         return 0
     if args.config is None and not args.overrides:
-        for name in list_configs():
-            print(name)
+        names = list_configs()
+        width = max(map(len, names))
+        for name in names:
+            print(f"{name:<{width}}  {config_summary(name)}")
         return 0
     import yaml
 
@@ -341,7 +347,12 @@ def cmd_render(args: argparse.Namespace) -> int:
         check_file(Path(args.input))
         inputs = [load_media(args.input, None, config.media)]
     out_dir = Path(args.output_dir) if args.output_dir else _default_out_dir("render")
-    files = zoo.render(args.capability, args.prompt, dict(args.params), out_dir, inputs)
+    try:
+        files = zoo.render(args.capability, args.prompt, dict(args.params), out_dir, inputs)
+    except ModaverseError as e:
+        if not inputs and "input" in str(e):  # e.g. image-editing: say how to give one
+            raise ModaverseError(f"{e}; give it with -i FILE") from None
+        raise
     for f in files:
         print(f)
     return 0
@@ -593,6 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="modaverse",
         description="Any-to-any multimodal assistant: ImageBind inputs, LLM meta-responses, text-to-x outputs.",
     )
+    from modaverse import __version__
+
+    parser.add_argument("--version", action="version", version=f"modaverse {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
     p = sub.add_parser("embed", help="embed media files with ImageBind",
@@ -608,6 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", choices=["image", "video", "audio", "depth", "thermal", "imu"],
                    help="force the modality of every FILE (e.g. for .npy maps)")
     p.add_argument("--output", "-o", required=True, metavar="OUT.safetensors", help="where to write")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--device", type=_device, help="cpu, cuda, cuda:N or auto (default: from config)")
     p.add_argument("--batch-size", type=_positive_int, help="files per forward pass (default: from config)")
     p.set_defaults(func=cmd_embed)
@@ -879,6 +894,10 @@ class _LogFormat(logging.Formatter):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:  # a bare `modaverse` is a question: answer it with the commands
+        build_parser().print_help()
+        return 0
     args = build_parser().parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_LogFormat())

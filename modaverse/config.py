@@ -293,6 +293,13 @@ PATH_KEYS = ("encoder.weights", "llm.model", "checkpoint", "train.data", "train.
              "eval.inception_weights", "eval.panns_weights", "eval.clip_model")
 
 
+def config_summary(name: str) -> str:
+    """The first line of a packaged config's leading comment: what the profile is for."""
+    text = (resources.files("modaverse.configs") / f"{name}.yaml").read_text()
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    return first.lstrip("# ").rstrip(":").strip() if first.startswith("#") else ""
+
+
 def list_configs() -> list[str]:
     root = resources.files("modaverse.configs")
     return sorted(p.name.removesuffix(".yaml") for p in root.iterdir() if p.name.endswith(".yaml"))

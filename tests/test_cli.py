@@ -23,6 +23,12 @@ def _one_line_error(result, *needles):
 def test_help_lists_commands():
     r = run_cli("--help")
     assert r.returncode == 0 and "embed" in r.stdout
+    bare = run_cli()  # no arguments: the same help, not an error
+    assert bare.returncode == 0 and bare.stdout == r.stdout and bare.stderr == ""
+    from modaverse import __version__
+
+    v = run_cli("--version")
+    assert v.returncode == 0 and v.stdout.strip() == f"modaverse {__version__}"
     r = run_cli("embed", "--help")
     assert r.returncode == 0 and "--encoder-config" in r.stdout and "--modality" in r.stdout
 
@@ -47,7 +53,7 @@ def test_progress_bar_on_a_terminal(tmp_path):
     code, terminal, _ = run_on_terminal("embed", *files, "--output", tmp_path / "e.safetensors")
     assert code == 0
     assert "embed:" in terminal and "/3 [" in terminal
-    r = run_cli("embed", *files, "--output", tmp_path / "e.safetensors")
+    r = run_cli("embed", *files, "--output", tmp_path / "e.safetensors", "--force")
     assert r.stderr == ""  # piped: no bar
 
 
@@ -88,7 +94,8 @@ def test_bad_files_fail_in_one_line_and_keep_earlier_output(tmp_path, case):
         bad.write_bytes(mf.audio(tmp_path / "a.wav").read_bytes())
     elif case == "unsupported":
         bad.write_bytes(b"PK")
-    r = run_cli("embed", IB / "image_a.png", bad, "--output", out)
+    _one_line_error(run_cli("embed", IB / "image_a.png", "--output", out), out, "already exists; pass --force")
+    r = run_cli("embed", IB / "image_a.png", bad, "--output", out, "--force")
     reason = {"missing": "no such file", "empty": "file is empty", "truncated": "",
               "mislabelled": "mislabelled", "unsupported": "unsupported extension"}[case]
     _one_line_error(r, bad, reason)
@@ -130,6 +137,8 @@ def test_config_and_argument_errors(tmp_path):
 def test_configs_and_archs_commands():
     r = run_cli("configs")
     assert r.returncode == 0 and "tiny" in r.stdout.split() and "modaverse-7b" in r.stdout.split()
+    rows = {line.split()[0]: line for line in r.stdout.splitlines()}
+    assert "SmolLM2-135M-Instruct" in rows["smol"] and "paper scale" in rows["modaverse-7b"]  # each says what it is
     r = run_cli("configs", "--config", "tiny", "--set", "encoder.batch_size=5")
     assert r.returncode == 0 and "batch_size: 5" in r.stdout
     r = run_cli("archs")
@@ -146,6 +155,7 @@ def test_usage_errors_are_one_line(tmp_path):
     (tmp_path / "dir.safetensors").mkdir()
     _one_line_error(run_cli("embed", IB / "image_a.png", "-o", tmp_path / "dir.safetensors"), "is a directory")
     _one_line_error(run_cli("inspect", IB / "image_a.png"), "not an embeddings file")
+    _one_line_error(run_cli("render", "image-editing", "make it snowy", "-o", tmp_path / "r"), "give it with -i FILE")
 
 
 def _help_texts(parser, prefix="modaverse"):

@@ -77,6 +77,7 @@ def test_chat_over_stdin_with_attachments_commands_and_errors(tmp_path):
         f"/save {tmp_path / 'talk.json'}",
         f"/save {tmp_path / 'talk.json'}",
         "/reset",
+        "A new start",
         "/quit",
         "never sent",
     ]) + "\n"
@@ -88,14 +89,16 @@ def test_chat_over_stdin_with_attachments_commands_and_errors(tmp_path):
     assert "attached image:" in out and "attached audio:" in out
     assert f"error: {tmp_path / 'missing.png'}: no such file" in out
     assert "error: unknown command /bogus" in out
-    assert out.count("assistant> ") == 2
+    assert out.count("assistant> ") == 3
     assert "already exists; choose a new name" in out and "conversation cleared" in out
     talk = json.loads((tmp_path / "talk.json").read_text())
     assert [t["instruction"] for t in talk["turns"]] == ["Describe <media> please", "And now this one?"]
     assert [i["modality"] for i in talk["turns"][0]["inputs"]] == ["image"]
     assert [i["modality"] for i in talk["turns"][1]["inputs"]] == ["audio"]  # attachments go with one message
-    for n in (1, 2):
+    for n in (1, 2, 3):  # /reset starts a new conversation but never reuses a turn file's name
         meta.validate(json.loads((tmp_path / "session" / f"turn-00{n}.json").read_text())["meta_response"], TINY_CAPS)
+    assert json.loads((tmp_path / "session" / "turn-001.json").read_text())["instruction"] == "Describe <media> please"
+    assert json.loads((tmp_path / "session" / "turn-003.json").read_text())["instruction"] == "A new start"
     assert "never sent" not in out and "Traceback" not in r.stderr
 
 
