@@ -129,7 +129,7 @@ def test_bad_uploads_get_4xx_with_the_reason(server, name, content, status, reas
 def test_bad_requests_are_422_and_leave_the_server_working(server, picture):
     assert post(server, {}).status_code == 422
     r = post(server, {"instruction": "hi", "temperature": "9"})
-    assert r.status_code == 422 and "temperature" in r.text
+    assert r.status_code == 422 and r.json()["detail"] == "temperature: Input should be less than or equal to 5"
     r = post(server, {"instruction": "Describe <media>.", "modalities": "image,audio"},
              [("files", ("a.png", picture.read_bytes()))])
     assert r.status_code == 422 and "2 entries for 1 files" in r.json()["detail"]

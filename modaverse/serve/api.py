@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
@@ -129,6 +130,14 @@ def create_app(config: Config, outputs: Path, limits: Limits | None = None, *, u
     body_cap = limits.max_files * limits.max_upload_bytes + (1 << 20)
 
     app.add_middleware(BodyCap, cap=body_cap)
+
+    @app.exception_handler(RequestValidationError)
+    async def one_line_422(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's list of error objects, as the one line every other error is: the field and why."""
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
+        more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        return JSONResponse({"detail": f"{field or 'request'}: {first.get('msg', 'invalid')}{more}"}, status_code=422)
 
     @app.get("/healthz", response_model=Health, summary="liveness and queue depth")
     def healthz(request: Request) -> dict:
