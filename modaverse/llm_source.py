@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 from modaverse.atomic import write_folder
@@ -53,19 +52,10 @@ def resolve(ref: str) -> str:
         return str(converted(path))
     if path.exists() or "/" in ref and Path(ref.split("/")[0]).exists():
         return str(path)
-    if os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(ref):
-        raise ModaverseError(f"llm.model {ref}: not a local file or folder, and the hub is offline "
-                             "(HF_HUB_OFFLINE=1); give a local folder or a .gguf file")
+    from modaverse import hub
+
+    hub.require("llm.model", ref)
     return ref
-
-
-def _in_hub_cache(repo_id: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-    except Exception:  # not a valid repo id: from_pretrained will say so
-        return False
 
 
 def gguf_architecture(path: Path) -> str:

@@ -87,8 +87,6 @@ class DiffusersGenerator:
 
         model = self.config.model
         where = f"zoo.{self.capability}.model {model}"
-        if _looks_local(model) and not Path(model).expanduser().is_dir():
-            raise ModaverseError(f"{where}: no such folder")
         try:
             return getattr(diffusers, self.pipeline).from_pretrained(str(Path(model).expanduser())
                                                                     if _looks_local(model) else model,
@@ -96,9 +94,23 @@ class DiffusersGenerator:
         except (OSError, ValueError) as e:
             raise ModaverseError(f"{where}: cannot load ({str(e).splitlines()[0]})") from None
 
+    def _check_source(self) -> None:
+        """A missing folder, or a hub id with no reachable hub, is one line before any work."""
+        model = self.config.model
+        if self.config.arch == "tiny" or model is None:
+            return
+        if _looks_local(model):
+            if not Path(model).expanduser().is_dir():
+                raise ModaverseError(f"zoo.{self.capability}.model {model}: no such folder")
+            return
+        from modaverse import hub
+
+        hub.require(f"zoo.{self.capability}.model", model, "model_index.json")
+
     def load(self) -> None:
         if self.pipe is not None:
             return
+        self._check_source()
         self.device = pick_device(self.config.device)
         dtype = DTYPES[self.config.dtype]
         if self.device.type == "cpu" and dtype == torch.float16:

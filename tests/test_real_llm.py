@@ -153,3 +153,18 @@ def test_from_pretrained_rebuilds_the_run_and_merges_it(smol_run):
     assert type(pipe.llm.model).__name__ == "LlamaForCausalLM"
     turn = pipe("Describe <media>.", [IB / "image_a.png"])
     assert turn.constrained and turn.finish_reason == "stop"
+
+
+def test_an_unreachable_hub_fails_in_seconds_without_hf_hub_offline(tmp_path):
+    """No HF_HUB_OFFLINE: the hub is probed once (here a closed loopback port stands in for a
+    machine without network), and the model and the generator ids fail in one line each."""
+    import time
+
+    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    t = time.monotonic()
+    line = _one_line(run_cli("generate", "hi", "--config", "lora", "--set", "llm.model=some-org/some-model", env=env))
+    assert "llm.model some-org/some-model" in line and "cannot be reached" in line and "local folder" in line
+    line = _one_line(run_cli("render", "text-to-image", "a boat", "--set", "zoo=official", "-o", tmp_path / "r",
+                             env=env))
+    assert "zoo.text-to-image.model" in line and "cannot be reached" in line
+    assert time.monotonic() - t < 60

@@ -27,7 +27,8 @@ OFFICIAL_URL = "https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth"
 def download(url: str, dest: Path, sha256: str | None = None, progress: bool = True) -> Path:
     """Fetches ``url`` to ``dest`` atomically; verifies length and (if given) sha256."""
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("MODAVERSE_OFFLINE") == "1":
-        raise WeightsError(f"{dest}: missing, and downloads are disabled (HF_HUB_OFFLINE/MODAVERSE_OFFLINE); fetch {url} by hand")
+        raise WeightsError(f"{dest}: missing, and downloads are disabled (HF_HUB_OFFLINE/MODAVERSE_OFFLINE); "
+                           f"download {url} by hand and put it at {dest} (or point encoder.weights at it)")
     from tqdm.auto import tqdm
 
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +52,8 @@ def download(url: str, dest: Path, sha256: str | None = None, progress: bool = T
         raise
     except OSError as e:
         part.unlink(missing_ok=True)
-        raise WeightsError(f"{url}: download failed ({e})") from None
+        raise WeightsError(f"{url}: download failed ({e}); download it by hand and put it at {dest} "
+                           "(or point encoder.weights at it)") from None
     os.replace(part, dest)
     return dest
 
