@@ -382,8 +382,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.max_steps is not None:
         config.train.max_steps = args.max_steps
+    if args.max_examples is not None:
+        config.train.max_examples = args.max_examples
+    if args.resume and args.overwrite:
+        raise ModaverseError("--resume and --overwrite are alternatives; give one")
     logging.getLogger("modaverse").setLevel(logging.INFO)
-    summary = train(config, output_dir=args.output_dir, resume=args.resume)
+    summary = train(config, output_dir=args.output_dir, resume=args.resume, overwrite=args.overwrite)
     if summary:
         print(json.dumps({k: summary[k] for k in ("output", "steps", "last", "seconds")}, ensure_ascii=False))
         if "eval" in summary:
@@ -683,7 +687,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--output-dir", "-o", metavar="D", help="run folder (default: train.output_dir)")
     p.add_argument("--max-steps", type=_positive_int, metavar="N", help="optimizer steps in total (train.max_steps)")
-    p.add_argument("--resume", action="store_true", help="continue the run in OUTPUT_DIR from its latest checkpoint")
+    p.add_argument("--max-examples", type=_positive_int, metavar="N",
+                   help="train on a seeded sample of N conversations (train.max_examples); --max-steps alone "
+                   "already limits encoding to the conversations its steps use")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUTPUT_DIR from its latest checkpoint "
+                   "(a run with no checkpoint yet starts over)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in OUTPUT_DIR")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("data", help="synthesise, validate or import training data",

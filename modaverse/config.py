@@ -174,6 +174,12 @@ class TrainConfig(_Strict):
 
     data: str | None = Field(None, description="training JSONL (docs/data.md); relative to this file")
     eval_data: str | None = Field(None, description="held-out JSONL scored by `modaverse eval invocations` at the end")
+    eval_limit: int | None = Field(
+        20, ge=1, description="records of eval_data scored at the end (null = all; the full score: "
+        "modaverse eval invocations --data FILE --checkpoint RUN)")
+    max_examples: int | None = Field(
+        None, ge=1, description="train on this many conversations (a seeded sample); max_steps alone also "
+        "bounds it to what the steps use, so only their files are encoded")
     output_dir: str = Field("runs/train", description="checkpoints and logs; relative to the working directory")
     feature_cache: str | None = Field(
         None, description="ImageBind feature cache folder; null = $XDG_CACHE_HOME/modaverse/features")

@@ -360,3 +360,33 @@ def test_messages_follow_record_media_order():
         {"role": "assistant", "meta_response": {"text": "x"}}]})
     msgs = messages(rec, ["image", "audio"])
     assert msgs[0].modalities == ("image", "audio") and msgs[1].text == '{"text":"x","invocations":[]}'
+
+
+def test_short_runs_are_short_and_restart_cleanly(synth, tmp_path):
+    """--max-steps bounds the conversations (so only their files are encoded), the end-of-run
+    evaluation is bounded by train.eval_limit, and a folder's state never gives contradictory advice."""
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    args = ["train", "--config", "tiny-train", "--output-dir", run, "--max-steps", "2",
+            *[f"--set={s}" for s in _fast(synth, cache, f"train.eval_data={synth / 'test.jsonl'}",
+                                          "train.eval_limit=3")]]
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    n = len(read_records(synth / "train.jsonl"))
+    assert f"using 8 of {n} conversations" in r.stderr  # 2 steps x batch 4
+    encoded = int(r.stderr.split("features: ")[1].split(" distinct files")[0])
+    assert 0 < encoded <= 8
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["eval"]["items"] == 3 and "train.eval_limit" in r.stderr
+    # finished, with no step checkpoint: neither flag is told to use the other
+    for flag in ([], ["--resume"]):
+        again = run_cli(*args, *flag)
+        _one_line_error(again, str(run), "--overwrite")
+        assert "pass --resume" not in again.stderr
+    r = run_cli(*args, "--overwrite")
+    assert r.returncode == 0 and "removed the earlier run (--overwrite)" in r.stderr, r.stderr
+    # a folder with no checkpoint yet (a run stopped before its first save): --resume starts it
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "config.yaml").write_text("name: interrupted\n")
+    r = run_cli(*[a if a != run else fresh for a in args], "--resume")
+    assert r.returncode == 0 and "no checkpoint yet, so the run starts from the beginning" in r.stderr, r.stderr

@@ -75,17 +75,35 @@ def step_dirs(out: Path) -> list[Path]:
     return sorted(p for p in out.glob(f"{STEP_PREFIX}*") if (p / checkpoint.MANIFEST).is_file())
 
 
-def check_output(out: Path, resume: bool) -> Path | None:
-    """The checkpoint to resume from; refuses to mix a new run into an old run's folder."""
+RUN_FILES = ("latest", "summary.json", "config.yaml")
+
+
+def check_output(out: Path, resume: bool, overwrite: bool = False) -> Path | None:
+    """The checkpoint to resume from; refuses to mix a new run into an old run's folder.
+
+    ``overwrite`` removes an earlier run's checkpoints first. ``resume`` on a folder with no
+    step checkpoint yet starts the run (there is nothing to lose); on a finished run it is refused.
+    """
     steps = step_dirs(out) if out.is_dir() else []
     finished = (out / checkpoint.FINAL / checkpoint.MANIFEST).is_file()
+    if overwrite and (steps or finished):
+        for d in [*steps, out / checkpoint.FINAL]:
+            shutil.rmtree(d, ignore_errors=True)
+        for f in RUN_FILES:
+            (out / f).unlink(missing_ok=True)
+        log.info("%s: removed the earlier run (--overwrite)", out)
+        return None
+    if finished and not steps:
+        raise ModaverseError(f"{out}: holds a finished run (final/) with no step checkpoint to resume; choose "
+                             "another --output-dir, or pass --overwrite to replace it")
     if not resume:
         if steps or finished:
-            raise ModaverseError(f"{out}: already holds a training run; pass --resume to continue it, "
-                                 "or choose another --output-dir")
+            raise ModaverseError(f"{out}: already holds a training run; pass --resume to continue it, --overwrite "
+                                 "to replace it, or choose another --output-dir")
         return None
     if not steps:
-        raise ModaverseError(f"{out}: nothing to resume (no {STEP_PREFIX}* checkpoint); run without --resume")
+        log.info("%s: no checkpoint yet, so the run starts from the beginning", out)
+        return None
     latest = out / checkpoint.LATEST
     if latest.is_file() and (out / latest.read_text().strip() / checkpoint.MANIFEST).is_file():
         return out / latest.read_text().strip()
@@ -181,8 +199,23 @@ def _optimizer(model: torch.nn.Module, config: Config, total: int, warmup: int):
     return opt, get_scheduler(name, opt, num_warmup_steps=warmup, num_training_steps=total)
 
 
+def bounded(convs: list, config: Config, seed: int, processes: int) -> list:
+    """The conversations a short run uses: ``train.max_examples``, or what ``max_steps`` batches
+    can reach, as a seeded sample in file order, so only their files are encoded."""
+    t = config.train
+    budget = t.max_examples
+    if t.max_steps:
+        reach = t.max_steps * t.batch_size * t.grad_accum * processes
+        budget = min(budget or reach, reach)
+    if not budget or budget >= len(convs):
+        return convs
+    keep = sorted(_permutation(len(convs), seed, -1)[:budget])
+    log.info("using %d of %d conversations (train.max_examples / max_steps)", budget, len(convs))
+    return [convs[i] for i in keep]
+
+
 def train(config: Config, *, output_dir: str | Path | None = None, resume: bool = False,
-          progress: bool | None = None) -> dict:
+          progress: bool | None = None, overwrite: bool = False) -> dict:
     """Runs (or resumes) a training run; returns its summary (also written to ``summary.json``)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
@@ -204,7 +237,7 @@ def train(config: Config, *, output_dir: str | Path | None = None, resume: bool 
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     main = acc.is_main_process
     bar_off = None if progress is None else not progress  # None: a bar on terminals, log lines elsewhere
-    resume_from = check_output(out, resume)
+    resume_from = check_output(out, resume, overwrite and acc.is_main_process)
     if config.trainable.llm == "full" and config.llm.model is not None and not t.allow_full_finetune:
         raise ModaverseError(f"trainable.llm: full would fine-tune every weight of the pretrained {config.llm.model}; "
                              "use --config lora (LoRA + marker rows + adaptors), or set "
@@ -212,7 +245,7 @@ def train(config: Config, *, output_dir: str | Path | None = None, resume: bool 
     caps = meta.capabilities(config.zoo)
 
     # -- 1. data, checked before any model is built ------------------------------------------------
-    convs = _read_data(config, caps)
+    convs = bounded(_read_data(config, caps), config, seed, acc.num_processes)
 
     # -- 2. features: each distinct file encoded once, then read from the cache --------------------
     table, rows = _features(config, convs, acc, bar_off)
@@ -367,8 +400,11 @@ def train(config: Config, *, output_dir: str | Path | None = None, resume: bool 
             from modaverse.evaluate import evaluate_invocations
 
             summary["eval"] = evaluate_invocations(config.model_copy(update={"checkpoint": str(final)}),
-                                                   t.eval_data, progress=progress)
+                                                   t.eval_data, progress=progress, limit=t.eval_limit)
             summary["eval"].pop("all_mistakes")
+            if t.eval_limit and summary["eval"]["items"] >= t.eval_limit:
+                log.info("scored the first %d records of %s (train.eval_limit); all of them: modaverse eval "
+                         "invocations --data %s --checkpoint %s", t.eval_limit, t.eval_data, t.eval_data, out)
         write_json_atomic(out / "summary.json", summary)
     acc.wait_for_everyone()
     if t.log_with:
