@@ -185,8 +185,7 @@ def test_train_learns_saves_and_refuses_to_mix_runs(synth, tmp_path):
                 *[f"--set={s}" for s in _fast(synth, tmp_path / "cache")])
     _one_line_error(r, str(run), "already holds a training run", "--resume")
     assert (run / "final" / checkpoint.WEIGHTS).read_bytes() == before
-    _one_line_error(run_cli("train", "--config", "tiny-train", "--output-dir", tmp_path / "new", "--resume",
-                            *[f"--set={s}" for s in _fast(synth, tmp_path / "cache")]), "nothing to resume")
+    # (--resume into a folder with no checkpoint starts the run: test_short_runs_are_short_and_restart_cleanly)
 
 
 def test_killed_run_resumes_to_the_same_weights(synth, tmp_path):
