@@ -51,14 +51,14 @@ demo: setup
 	@echo "== new synthetic inputs (never seen in training)"
 	@$(BIN)/modaverse data synth --output $(DEMO)/inputs --num 30 --seed 2026 --test-fraction 1 --force \
 		--benchmark-sets 8 >/dev/null
-	@echo "== What is in this picture? ($(DEMO)/inputs/media/image-00000.png)"
-	@$(BIN)/modaverse generate "What is in this picture? <media>" -i $(DEMO)/inputs/media/image-00000.png \
+	@echo "== What is in this picture? ($(DEMO)/inputs/media/image-00006.png)"
+	@$(BIN)/modaverse generate "What is in this picture? <media>" -i $(DEMO)/inputs/media/image-00006.png \
 		--config $(PROFILE) --output-dir $(DEMO)/describe --force
 	@echo "== What do you hear? ($(DEMO)/inputs/media/audio-00002.wav)"
 	@$(BIN)/modaverse generate "What do you hear in <media>?" -i $(DEMO)/inputs/media/audio-00002.wav \
 		--config $(PROFILE) --output-dir $(DEMO)/question --force
-	@echo "== Animate this picture ($(DEMO)/inputs/media/image-00003.png; the tiny video generator renders noise)"
-	@$(BIN)/modaverse generate "Animate <media>." -i $(DEMO)/inputs/media/image-00003.png \
+	@echo "== Animate this picture ($(DEMO)/inputs/media/image-00012.png; the tiny video generator renders noise)"
+	@$(BIN)/modaverse generate "Animate <media>." -i $(DEMO)/inputs/media/image-00012.png \
 		--config $(PROFILE) --output-dir $(DEMO)/animate --force
 	@echo "== Scored on 30 new synthetic conversations"
 	@$(BIN)/modaverse eval invocations --data $(DEMO)/inputs/test.jsonl --config $(PROFILE) \
