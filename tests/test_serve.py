@@ -186,8 +186,20 @@ def test_browser_uploads_an_image_and_sees_the_generated_output(server, picture,
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1200, "height": 1000})
         page.goto(server.url + "/")
-        page.locator("#request input[type=file]").set_input_files(str(picture))
+        # a bad upload first: one message, the box emptied, nothing else in the way
+        broken = tmp_path / "broken.png"
+        broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+        page.locator("#request input[type=file]").set_input_files(str(broken))
         box = page.locator("#request textarea")
+        box.fill("Describe <media>.")
+        expect(page.locator("#request .thumbnail-item, #request [data-testid=file]").first).to_be_visible(timeout=30_000)
+        box.press("Enter")
+        expect(page.get_by_text("cannot decode image").first).to_be_visible(timeout=60_000)
+        expect(page.locator("#request .thumbnail-item, #request [data-testid=file]")).to_have_count(0, timeout=30_000)
+        expect(page.locator("[data-testid=bot]")).to_have_count(0)
+        expect(page.get_by_text("Error", exact=True)).to_have_count(0)  # no error overlays on the outputs
+        # then a good one, in the same box, without touching anything else
+        page.locator("#request input[type=file]").set_input_files(str(picture))
         box.fill("Draw a picture like <media>.")
         expect(page.locator("#request img").first).to_be_visible(timeout=30_000)  # the attachment's preview
         box.press("Enter")

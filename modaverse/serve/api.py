@@ -31,6 +31,7 @@ from modaverse import __version__
 from modaverse.config import MIN_NEW_TOKENS, Config
 from modaverse.errors import ModaverseError
 from modaverse.serve.service import (
+    MEDIA_TYPES,
     Busy,
     Limits,
     Service,
@@ -42,8 +43,6 @@ from modaverse.serve.service import (
 )
 
 log = logging.getLogger("modaverse.serve")
-MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".mp4": "video/mp4", ".webm": "video/webm",
-               ".wav": "audio/wav", ".flac": "audio/flac", ".gif": "image/gif"}
 
 
 class Output(BaseModel):

@@ -28,6 +28,11 @@ ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
+#: Media types of the files generators write (and of what the chat shows).
+MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".mp4": "video/mp4", ".webm": "video/webm",
+               ".wav": "audio/wav", ".flac": "audio/flac", ".gif": "image/gif"}
+
+
 class Busy(ModaverseError):
     """The queue is full; the client should retry later (HTTP 503)."""
 

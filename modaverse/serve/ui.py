@@ -10,6 +10,7 @@ turns, and Clear and Retry work on the conversation. Requests go through the sam
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from modaverse.modality import MODALITIES
 from modaverse.serve.service import Limits, Settings, UploadError, check_uploads
 
 AUTO = "auto"
+log = logging.getLogger("modaverse")
 
 
 def _check_files(files: list[str], limits: Limits, modality: str | None) -> list[tuple[Path, str | None]]:
@@ -37,14 +39,18 @@ def build_ui(service: Callable[[], object], limits: Limits):
     def respond(message: dict, chat: list, turns: list, modality: str, temperature: float, max_new_tokens: int,
                 seed: int):
         text, files = (message or {}).get("text", ""), (message or {}).get("files", [])
-        if not text.strip() and not files:
-            raise gr.Error("Type a request, attach files, or both.")
-        svc = service()
         try:
+            if not text.strip() and not files:
+                raise ModaverseError("type a request, attach files, or both")
             uploads = _check_files(files, limits, None if modality == AUTO else modality)
-            result = svc.generate(text, uploads, turns, Settings(temperature, int(max_new_tokens), int(seed or 0)))
+            result = service().generate(text, uploads, turns, Settings(temperature, int(max_new_tokens),
+                                                                      int(seed or 0)))
         except (UploadError, ModaverseError) as e:
-            raise gr.Error(str(e)) from None
+            # The user's mistake: one toast and one log line; the conversation stays as it was and
+            # the box is emptied, so the next send does not fail on the same attachment again.
+            log.info("chat request refused: %s", e)
+            gr.Warning(str(e))
+            return gr.MultimodalTextbox(value=None), chat, turns, gr.skip(), gr.skip()
         turn = result.turn
         chat = chat + [{"role": "user", "content": {"path": f}} for f in files]
         if text.strip():
@@ -58,7 +64,8 @@ def build_ui(service: Callable[[], object], limits: Limits):
     def retry(chat: list, turns: list, last: dict | None, modality: str, temperature: float,
               max_new_tokens: int, seed: int):
         if not last or not turns:
-            raise gr.Error("Nothing to retry yet.")
+            gr.Warning("Nothing to retry yet.")
+            return gr.skip(), chat, turns, gr.skip(), last
         message = last["message"]
         shown = len(message.get("files", [])) + bool(message.get("text", "").strip())
         previous = chat[: _start_of_last_turn(chat, shown)]
@@ -72,7 +79,8 @@ def build_ui(service: Callable[[], object], limits: Limits):
     with gr.Blocks(title="modaverse", delete_cache=UPLOAD_RETENTION) as demo:
         gr.Markdown("## modaverse\nAttach images, video, audio, depth, thermal or IMU files at any turn; "
                     "generated media appear in the chat.")
-        # No "share" button: it posts to Hugging Face Spaces, and this server is private by design.
+        # No "share" button on the conversation: it posts to Hugging Face Spaces. (Gradio still puts a
+        # Share icon on each media message; it works only on Spaces and sends nothing from here.)
         chat = gr.Chatbot(label="conversation", height=480, buttons=["copy", "copy_all"], feedback_options=None)
         box = gr.MultimodalTextbox(placeholder="Ask, or attach files (<media> marks where each goes)",
                                    file_count="multiple", file_types=list(SUPPORTED), show_label=False,
