@@ -293,10 +293,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     turn = pipe(args.instruction, items, **gen_kwargs, output_dir=None if args.no_render else out_dir)
     doc = {"config": config.name, **turn.to_dict()}
     text = json_text(doc)
+    replaced = _listed_outputs(response)
     try:
         write_text_atomic(response, text)
     except OSError as e:
         raise ModaverseError(f"{response}: cannot write ({e.strerror})") from None
+    for old in replaced - {Path(p).resolve() for p in doc["outputs"]}:  # --force: the replaced run's files
+        if old.parent == out_dir.resolve():                           # go once the new answer is safe
+            for f in (old, old.with_name(old.name + ".json")):
+                f.unlink(missing_ok=True)
     if args.json:
         print(text, end="")
     else:
@@ -305,6 +310,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(summary(turn))
         print(f"wrote {response}")
     return 0
+
+
+def _listed_outputs(response: Path) -> set[Path]:
+    """The generated files an earlier response.json lists (none if it is absent or unreadable)."""
+    try:
+        return {Path(p).resolve() for p in json.loads(response.read_text()).get("outputs", [])}
+    except (OSError, ValueError, AttributeError):
+        return set()
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -911,10 +924,16 @@ def main(argv: list[str] | None = None) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_LogFormat())
     logging.getLogger("modaverse").addHandler(handler)
+    # Under `accelerate launch`, every process runs this; only the first speaks (N copies of each
+    # message and error helped nobody). The others still exit with the same status.
+    quiet_rank = os.environ.get("RANK", "0") != "0"
+    if quiet_rank:
+        handler.setLevel(logging.ERROR + 10)
     try:
         return args.func(args)
     except ModaverseError as e:
-        print(f"modaverse: error: {e}", file=sys.stderr)
+        if not quiet_rank:
+            print(f"modaverse: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("modaverse: interrupted", file=sys.stderr)

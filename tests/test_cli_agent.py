@@ -38,6 +38,10 @@ def test_generate_with_image_audio_and_video(tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == json.loads((out / "response.json").read_text())
     assert json.loads(r.stdout)["instruction"] == "Again"
+    # --force replaces the run: the files only the replaced response listed go, so reruns do not pile up
+    now = {Path(p) for p in json.loads(r.stdout)["outputs"]}
+    assert {p for p in out.iterdir() if p.suffix != ".json"} == now
+    assert all(p.exists() for p in now)
 
 
 def test_generate_unconstrained_reports_the_fallback(tmp_path):

@@ -228,6 +228,11 @@ def test_two_process_ddp_agrees_on_weights(synth, tmp_path):
     digests = summary["weights_sha256"]
     assert len(digests) == 2 and digests[0] == digests[1]
     assert len(_weights(run)) > 0
+    assert r.stderr.count("trainable") <= 1 and r.stderr.count("examples (") == 1  # one process speaks
+    # an error in every process is printed once
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"})
+    assert again.returncode != 0 and again.stderr.count("holds a finished run") == 1, again.stderr[-2000:]
 
 
 def test_eval_invocations_cli(synth, tmp_path):
