@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -236,6 +237,10 @@ def train(config: Config, *, output_dir: str | Path | None = None, resume: bool 
     acc = Accelerator(mixed_precision=t.mixed_precision, log_with=t.log_with or None, project_dir=str(out),
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     main = acc.is_main_process
+    if main and acc.num_processes > 1 and acc.device.type == "cpu":
+        log.warning("%d training processes on CPUs share this machine's %s cores (the accelerate config asks "
+                    "for them; configs/accelerate/*.yaml are written for one process per GPU)",
+                    acc.num_processes, os.cpu_count())
     bar_off = None if progress is None else not progress  # None: a bar on terminals, log lines elsewhere
     resume_from = check_output(out, resume, overwrite and acc.is_main_process)
     if config.trainable.llm == "full" and config.llm.model is not None and not t.allow_full_finetune:
