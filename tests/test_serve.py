@@ -206,6 +206,9 @@ def test_browser_uploads_an_image_and_sees_the_generated_output(server, picture,
         bot = page.locator(".message.bot img, [data-testid=bot] img")
         expect(bot.first).to_be_visible(timeout=120_000)
         assert "Here is" in page.locator("[data-testid=bot]").first.inner_text()
+        shares = page.locator("button[title=Share], button[aria-label=Share]")
+        page.locator("[data-testid=bot] img").first.hover()  # message toolbars show on hover
+        assert not any(shares.nth(i).is_visible() for i in range(shares.count()))  # nothing posts to Spaces
         page.locator("#retry").click()  # the same request again, as a new answer in place of the old one
         expect(page.locator("[data-testid=bot] img")).to_have_count(1, timeout=120_000)
         page.locator("text=Meta-response").click()

@@ -204,10 +204,10 @@ def create_app(config: Config, outputs: Path, limits: Limits | None = None, *, u
     if ui:
         import gradio as gr
 
-        from modaverse.serve.ui import build_ui
+        from modaverse.serve.ui import CSS, build_ui
 
         blocks = build_ui(lambda: app.state.service, limits)
         blocks.queue(max_size=limits.queue_size, default_concurrency_limit=1)
         app = gr.mount_gradio_app(app, blocks, path="/", allowed_paths=[str(outputs)], ssr_mode=False,
-                                  footer_links=[], max_file_size=limits.max_upload_bytes)
+                                  footer_links=[], max_file_size=limits.max_upload_bytes, css=CSS)
     return app

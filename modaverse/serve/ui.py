@@ -29,6 +29,8 @@ def _check_files(files: list[str], limits: Limits, modality: str | None) -> list
     return [(p, modality) for p in paths]
 
 
+#: Gradio draws a Share icon on every media message (it works only on Spaces); this hides it.
+CSS = '#chat button[aria-label="Share"], #chat button[title="Share"] { display: none !important; }'
 UPLOAD_RETENTION = (600, 3600)  # (every N seconds, delete uploads older than M seconds)
 
 
@@ -79,9 +81,10 @@ def build_ui(service: Callable[[], object], limits: Limits):
     with gr.Blocks(title="modaverse", delete_cache=UPLOAD_RETENTION) as demo:
         gr.Markdown("## modaverse\nAttach images, video, audio, depth, thermal or IMU files at any turn; "
                     "generated media appear in the chat.")
-        # No "share" button on the conversation: it posts to Hugging Face Spaces. (Gradio still puts a
-        # Share icon on each media message; it works only on Spaces and sends nothing from here.)
-        chat = gr.Chatbot(label="conversation", height=480, buttons=["copy", "copy_all"], feedback_options=None)
+        # No "share" button: it posts to Hugging Face Spaces, and this server is private by design. The
+        # conversation's is left out here; the one Gradio draws on each media message is hidden by CSS.
+        chat = gr.Chatbot(label="conversation", height=480, buttons=["copy", "copy_all"], feedback_options=None,
+                          elem_id="chat")
         box = gr.MultimodalTextbox(placeholder="Ask, or attach files (<media> marks where each goes)",
                                    file_count="multiple", file_types=list(SUPPORTED), show_label=False,
                                    elem_id="request")
