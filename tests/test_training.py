@@ -386,6 +386,10 @@ def test_short_runs_are_short_and_restart_cleanly(synth, tmp_path):
         again = run_cli(*args, *flag)
         _one_line_error(again, str(run), "--overwrite")
         assert "pass --resume" not in again.stderr
+    # --overwrite with bad input is refused before the earlier run is touched
+    _one_line_error(run_cli(*args, "--overwrite", "--set", f"train.data={tmp_path / 'missing.jsonl'}"),
+                    "missing.jsonl", "no such file")
+    assert (run / "final" / checkpoint.MANIFEST).is_file() and (run / "summary.json").is_file()
     r = run_cli(*args, "--overwrite")
     assert r.returncode == 0 and "removed the earlier run (--overwrite)" in r.stderr, r.stderr
     # a folder with no checkpoint yet (a run stopped before its first save): --resume starts it

@@ -82,17 +82,14 @@ RUN_FILES = ("latest", "summary.json", "config.yaml")
 def check_output(out: Path, resume: bool, overwrite: bool = False) -> Path | None:
     """The checkpoint to resume from; refuses to mix a new run into an old run's folder.
 
-    ``overwrite`` removes an earlier run's checkpoints first. ``resume`` on a folder with no
-    step checkpoint yet starts the run (there is nothing to lose); on a finished run it is refused.
+    ``overwrite`` lets a new run replace an earlier one (:func:`clear_run` removes it once the new
+    run's data and model are ready, so a run refused for bad input loses nothing). ``resume`` on a
+    folder with no step checkpoint yet starts the run (there is nothing to lose); on a finished run
+    it is refused.
     """
     steps = step_dirs(out) if out.is_dir() else []
     finished = (out / checkpoint.FINAL / checkpoint.MANIFEST).is_file()
-    if overwrite and (steps or finished):
-        for d in [*steps, out / checkpoint.FINAL]:
-            shutil.rmtree(d, ignore_errors=True)
-        for f in RUN_FILES:
-            (out / f).unlink(missing_ok=True)
-        log.info("%s: removed the earlier run (--overwrite)", out)
+    if overwrite:
         return None
     if finished and not steps:
         raise ModaverseError(f"{out}: holds a finished run (final/) with no step checkpoint to resume; choose "
@@ -200,6 +197,18 @@ def _optimizer(model: torch.nn.Module, config: Config, total: int, warmup: int):
     return opt, get_scheduler(name, opt, num_warmup_steps=warmup, num_training_steps=total)
 
 
+def clear_run(out: Path) -> None:
+    """Removes an earlier run's checkpoints and files from ``out`` (``--overwrite``)."""
+    steps = step_dirs(out) if out.is_dir() else []
+    if not steps and not (out / checkpoint.FINAL).exists():
+        return
+    for d in [*steps, out / checkpoint.FINAL]:
+        shutil.rmtree(d, ignore_errors=True)
+    for f in RUN_FILES:
+        (out / f).unlink(missing_ok=True)
+    log.info("%s: removed the earlier run (--overwrite)", out)
+
+
 def bounded(convs: list, config: Config, seed: int, processes: int) -> list:
     """The conversations a short run uses: ``train.max_examples``, or what ``max_steps`` batches
     can reach, as a seeded sample in file order, so only their files are encoded."""
@@ -242,7 +251,7 @@ def train(config: Config, *, output_dir: str | Path | None = None, resume: bool 
                     "for them; configs/accelerate/*.yaml are written for one process per GPU)",
                     acc.num_processes, os.cpu_count())
     bar_off = None if progress is None else not progress  # None: a bar on terminals, log lines elsewhere
-    resume_from = check_output(out, resume, overwrite and acc.is_main_process)
+    resume_from = check_output(out, resume, overwrite)
     if config.trainable.llm == "full" and config.llm.model is not None and not t.allow_full_finetune:
         raise ModaverseError(f"trainable.llm: full would fine-tune every weight of the pretrained {config.llm.model}; "
                              "use --config lora (LoRA + marker rows + adaptors), or set "
@@ -333,6 +342,8 @@ def train(config: Config, *, output_dir: str | Path | None = None, resume: bool 
         if main:
             log.info("resumed from %s at step %d", resume_from, start)
     if main:
+        if overwrite:
+            clear_run(out)
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "config.yaml", _yaml(config))
         for stale in out.glob(f".{STEP_PREFIX}*.partial"):  # left by a run killed mid-save
