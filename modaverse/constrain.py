@@ -35,11 +35,11 @@ from modaverse.errors import ModaverseError
 #: name, the "prompt" key, one character, and the closing brackets) with margin.
 WRAP_UP_TOKENS = 64
 _BRACKETS = set(b"]}")
-FORMAT = "modaverse-token-table/1"
+FORMAT = "modaverse-token-table/2"
 
 
-def tokenizer_fingerprint(tokenizer, vocab_size: int, eos_ids: Sequence[int]) -> str:
-    """Identifies what the grammar needs from a tokenizer: its vocabulary, special tokens and stops.
+def tokenizer_fingerprint(tokenizer, vocab_size: int) -> str:
+    """Identifies what the token table is made of: the vocabulary and its special tokens.
 
     A tokenizer loaded from a folder is identified by its ``tokenizer.json`` bytes (hashing
     the file is ten times faster than serialising a 262k vocabulary again), one built in
@@ -52,7 +52,7 @@ def tokenizer_fingerprint(tokenizer, vocab_size: int, eos_ids: Sequence[int]) ->
     else:
         h.update(tokenizer.backend_tokenizer.to_str().encode())
     added = sorted((i, t.content, t.special) for i, t in tokenizer.added_tokens_decoder.items())
-    h.update(json.dumps([added, vocab_size, sorted(eos_ids)]).encode())
+    h.update(json.dumps([added, vocab_size]).encode())
     return h.hexdigest()[:24]
 
 
@@ -101,11 +101,11 @@ class TokenTable:
         return cls(blob, offsets, np.array(special, dtype=np.int64), closes_string, closes_brackets)
 
     @classmethod
-    def cached(cls, tokenizer, vocab_size: int, eos_ids: Sequence[int]) -> TokenTable:
+    def cached(cls, tokenizer, vocab_size: int) -> TokenTable:
         from modaverse.atomic import write_atomic
         from modaverse.cachedir import cache_dir
 
-        path = cache_dir("grammar", f"{tokenizer_fingerprint(tokenizer, vocab_size, eos_ids)}.npz")
+        path = cache_dir("grammar", f"{tokenizer_fingerprint(tokenizer, vocab_size)}.npz")
         if path.is_file():
             try:
                 with np.load(path) as z:
@@ -163,7 +163,7 @@ class MetaGrammar:
         self.capabilities = tuple(capabilities)
         self.vocab_size = vocab_size or len(tokenizer)
         eos_ids = list(eos_ids) if eos_ids else [tokenizer.eos_token_id]
-        self.table = TokenTable.cached(tokenizer, self.vocab_size, eos_ids)
+        self.table = TokenTable.cached(tokenizer, self.vocab_size)
         self.ll_tokenizer = self.table.ll_tokenizer(tokenizer, eos_ids)
         schema = json.dumps(meta.json_schema(self.capabilities))
         self.grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
