@@ -360,12 +360,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         check_file(Path(args.input))
         inputs = [load_media(args.input, None, config.media)]
     out_dir = Path(args.output_dir) if args.output_dir else _default_out_dir("render")
-    try:
-        files = zoo.render(args.capability, args.prompt, dict(args.params), out_dir, inputs)
-    except ModaverseError as e:
-        if not inputs and "input" in str(e):  # e.g. image-editing: say how to give one
-            raise ModaverseError(f"{e}; give it with -i FILE") from None
-        raise
+    files = zoo.render(args.capability, args.prompt, dict(args.params), out_dir, inputs)
     for f in files:
         print(f)
     return 0

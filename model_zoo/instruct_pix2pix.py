@@ -36,7 +36,8 @@ class InstructPix2Pix(DiffusersGenerator):
 
         images = [i for i in inputs if i.modality == "image"]
         if not images:
-            raise ModaverseError(f"{self.capability} edits an image, but this turn has no image input")
+            raise ModaverseError(f"{self.capability} edits an image, but this turn has no image input "
+                                 "(attach one; to `modaverse render`, give it with -i FILE)")
         source = open_image(images[-1].path).convert("RGB")  # the same size guard as every decode
         kwargs = self.common_kwargs(params)
         # The pipeline edits at the input's own size; width/height (when given) resize it first.
