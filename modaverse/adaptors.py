@@ -109,7 +109,7 @@ class Adaptors(nn.Module):
             if self.standardizers is None:
                 norms = torch.tensor([OUTPUT_SCALE[TOWER[m]] for m in modalities])
                 features = features / features.norm(dim=-1, keepdim=True) * norms[:, None]
-            else:  # unit variance is what the standardisers output: feed the projectors directly
+            else:  # raw features the fitted standardisers turn into exactly this unit-variance probe
                 features = torch.stack([self.standardizers[m].mean + self.standardizers[m].std * f
                                         for m, f in zip(modalities, features, strict=True)])
         param = next(self.parameters())

@@ -80,9 +80,10 @@ def tiny_tokenizer(vocab_size: int = 512):
 class MarkerRows(torch.nn.Module):
     """The input embedding with the marker tokens' rows as a small trainable matrix of their own.
 
-    peft's ``trainable_token_indices`` rebuilt the whole vocab x hidden matrix on every
-    forward pass (and, with tied embeddings, the LM head too): 3.6 to 8 times slower
-    decoding and 37% slower training steps on SmolLM2 and Gemma 3. Here the frozen table is
+    peft's ``trainable_token_indices`` rebuilds the whole vocab x hidden matrix on every
+    forward pass (and, with tied embeddings, the LM head too): on SmolLM2, 16% slower training
+    steps and 21% slower unmerged decoding (``benchmarks/marker_rows.py``), and decoding from a
+    checkpoint was 3.6 to 8 times slower before inference merged it. Here the frozen table is
     looked up as usual and only positions holding a marker take their row from ``rows``.
     Models that scale their embeddings (Gemma multiplies by sqrt(hidden)) get the same
     scale on the marker rows, so a row means what a table row means.

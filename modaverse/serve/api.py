@@ -86,16 +86,15 @@ class BodyCap:
     def __init__(self, app, cap: int):
         self.app, self.cap = app, cap
 
-    def _refusal(self, size: str) -> HTTPException:
-        return HTTPException(413, f"request body of {size} is over the {self.cap / 1048576:.0f} MB limit")
+    def _refusal(self, size: str) -> str:
+        return f"request body of {size} is over the {self.cap / 1048576:.0f} MB limit"
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.cap:
-            response = JSONResponse({"detail": str(self._refusal(f"{int(length) / 1048576:.1f} MB").detail)},
-                                    status_code=413)
+            response = JSONResponse({"detail": self._refusal(f"{int(length) / 1048576:.1f} MB")}, status_code=413)
             return await response(scope, receive, send)
         seen = 0
 
@@ -104,7 +103,7 @@ class BodyCap:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.cap:  # FastAPI passes an HTTPException raised while parsing through as itself
-                raise self._refusal("more than that")
+                raise HTTPException(413, self._refusal("more than that"))
             return message
 
         await self.app(scope, counted, send)

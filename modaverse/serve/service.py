@@ -176,7 +176,7 @@ class Service:
             return None
         path = (self.outputs / rid / name).resolve()  # a link inside the folder must not lead out of it
         root = self.outputs.resolve()
-        return path if path.is_file() and path.is_relative_to(root) and path.parent.parent == root else None
+        return path if path.is_file() and path.parent.parent == root else None
 
 
 def upload_folder() -> tempfile.TemporaryDirectory:
