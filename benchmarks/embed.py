@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from modaverse.encoder import DTYPES, Encoder, build_imagebind, pick_device
-from modaverse.imagebind.config import ImageBindConfig
+from modaverse.core.device import DTYPES, pick_device
+from modaverse.encoder.embed import Encoder, build_imagebind
+from modaverse.encoder.imagebind.config import ImageBindConfig
 from modaverse.media import load_media
 
 FIX = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "imagebind"

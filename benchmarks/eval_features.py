@@ -46,9 +46,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from modaverse.evaluation.generation import frechet_distance
-    from modaverse.evaluation.inception import FIDInception
-    from modaverse.evaluation.panns import Cnn14
+    from modaverse.evaluation.paper.generation import frechet_distance
+    from modaverse.evaluation.paper.inception import FIDInception
+    from modaverse.evaluation.paper.panns import Cnn14
 
     dev = torch.device(args.device)
     inception = FIDInception().eval().to(dev)

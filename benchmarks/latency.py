@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from modaverse.config import load_config
-from modaverse.pipeline import ModaVerse
+from modaverse.pipeline.assistant import ModaVerse
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "fixtures" / "imagebind"
@@ -53,7 +53,7 @@ VICUNA_7B = {  # Llama-2-7B shapes (lmsys/vicuna-7b-v1.5 config.json)
 
 def big_tokenizer(vocab_size: int = 32000):
     """A byte-level BPE with a Llama-sized vocabulary, trained on the local Python library."""
-    from modaverse.llm import train_bpe, wrap_bpe
+    from modaverse.llm.model import train_bpe, wrap_bpe
 
     cache = ROOT / "benchmarks" / ".cache" / f"bpe-{vocab_size}.json"
     if not cache.exists():
@@ -83,8 +83,8 @@ def grammar_step_cost(tokenizer, steps: int = 3000) -> dict:
     Random logits pick each next token among those the mask allows; a finished document
     starts a new one. The wrap-up phase is left off, so this is the steady-state cost.
     """
-    from modaverse import meta
-    from modaverse.constrain import MetaGrammar
+    from modaverse.meta import schema as meta
+    from modaverse.meta.grammar import MetaGrammar
 
     t = time.perf_counter()
     grammar = MetaGrammar(tokenizer, meta.BUILTIN_CAPABILITIES)
@@ -221,7 +221,7 @@ def main() -> None:
         byo_model(args)
         return
     if args.grammar_only:
-        from modaverse.llm import tiny_tokenizer
+        from modaverse.tiny.tokenizer import tokenizer as tiny_tokenizer
 
         cost = grammar_step_cost(big_tokenizer() if args.profile == "vicuna-7b" else tiny_tokenizer())
         print(json.dumps(cost))

@@ -25,7 +25,7 @@ def build(model: str, mode: str):
     from peft import LoraConfig, get_peft_model
 
     from modaverse.config import LLMConfig, TrainableConfig
-    from modaverse.llm import load_llm
+    from modaverse.llm.model import load_llm
 
     config = LLMConfig(model=model, device="cpu", lora={"r": 8, "alpha": 16, "dropout": 0.0})
     if mode == "ours":

@@ -29,11 +29,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def _examples(config, data: Path, tokenizer=None):
+    from modaverse.data.conversation import messages, resolve_media, training_builder
     from modaverse.data.records import read_records
-    from modaverse.pipeline import build_trainable
-    from modaverse.training.examples import build_examples, messages, resolve_media, training_builder
+    from modaverse.encoder.imagebind.config import ImageBindConfig
+    from modaverse.pipeline.assistant import build_trainable
+    from modaverse.training.examples import build_examples
 
-    llm, adaptors = build_trainable(config, config.encoder.imagebind_config().out_embed_dim, tokenizer)
+    llm, adaptors = build_trainable(config, ImageBindConfig.from_encoder(config.encoder).out_embed_dim, tokenizer)
     builder = training_builder(config, llm.tokenizer, llm.max_context)
     records = read_records(data)
     media = [resolve_media(r, data) for r in records]
@@ -59,8 +61,8 @@ def _step(model, optimizer, batch, table):
 def bench_tiny(args) -> dict:
     from modaverse.config import load_config
     from modaverse.data.synth import synthesize
-    from modaverse.encoder import Encoder
-    from modaverse.features import FeatureCache, file_key
+    from modaverse.encoder.embed import Encoder
+    from modaverse.encoder.features import FeatureCache, file_key
     from modaverse.training.examples import collate
     from modaverse.training.model import AlignmentModel
 
@@ -106,6 +108,7 @@ def _one_setting(args, setting: str, data: Path) -> dict:
     from latency import VICUNA_7B, big_tokenizer
 
     from modaverse.config import load_config
+    from modaverse.encoder.imagebind.config import ImageBindConfig
     from modaverse.training.examples import collate
     from modaverse.training.model import AlignmentModel
 
@@ -117,7 +120,7 @@ def _one_setting(args, setting: str, data: Path) -> dict:
     model = AlignmentModel(adaptors.float(), llm.model).train()
     if setting == "full":
         llm.model.gradient_checkpointing_enable()
-    table = torch.randn(len(flat), config.encoder.imagebind_config().out_embed_dim)
+    table = torch.randn(len(flat), ImageBindConfig.from_encoder(config.encoder).out_embed_dim)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     pad = llm.tokenizer.pad_token_id
     batches = [examples[i : i + args.batch_size] for i in range(0, len(examples) - args.batch_size + 1,

@@ -22,22 +22,22 @@ _EXPORTS = {
     "load_config": "modaverse.config",
     "Config": "modaverse.config",
     "load_media": "modaverse.media",
-    "Encoder": "modaverse.encoder",
-    "ImageBind": "modaverse.imagebind.model",
+    "Encoder": "modaverse.encoder.embed",
+    "ImageBind": "modaverse.encoder.imagebind.model",
     "Adaptors": "modaverse.adaptors",
-    "ModaVerse": "modaverse.pipeline",
-    "Turn": "modaverse.pipeline",
-    "MetaResponse": "modaverse.meta",
+    "ModaVerse": "modaverse.pipeline.assistant",
+    "Turn": "modaverse.pipeline.assistant",
+    "MetaResponse": "modaverse.meta.schema",
 }
 
 if TYPE_CHECKING:
     from modaverse.adaptors import Adaptors
     from modaverse.config import Config, load_config
-    from modaverse.encoder import Encoder
-    from modaverse.imagebind.model import ImageBind
+    from modaverse.encoder.embed import Encoder
+    from modaverse.encoder.imagebind.model import ImageBind
     from modaverse.media import load_media
-    from modaverse.meta import MetaResponse
-    from modaverse.pipeline import ModaVerse, Turn
+    from modaverse.meta.schema import MetaResponse
+    from modaverse.pipeline.assistant import ModaVerse, Turn
 
 __all__ = ["Adaptors", "Config", "Encoder", "ImageBind", "MetaResponse", "ModaVerse", "Turn", "__version__",
            "load_config", "load_media"]

@@ -2,6 +2,6 @@
 
 import sys
 
-from modaverse.cli import main
+from modaverse.cli.main import main
 
 sys.exit(main())

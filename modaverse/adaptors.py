@@ -9,7 +9,7 @@ The projector is built from a LLaVA-style config string: ``linear`` or ``mlp<N>x
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -98,8 +98,8 @@ class Adaptors(nn.Module):
         a probe of each modality's input stands in: unit-variance per dimension when
         standardised, else ImageBind's output norm for that modality's tower.
         """
-        from modaverse.imagebind.model import OUTPUT_SCALE
-        from modaverse.modality import TOWER
+        from modaverse.core.modality import TOWER
+        from modaverse.encoder.imagebind.model import OUTPUT_SCALE
 
         modalities = list(modalities)
         if features is None:
@@ -136,3 +136,21 @@ class Adaptors(nn.Module):
             embeddings = self.standardizers[modality](embeddings)
         proj = self.projectors[SHARED if self.shared else modality]
         return proj(embeddings).reshape(embeddings.shape[0], self.tokens, self.out_dim)
+
+    def project(self, features: torch.Tensor, modalities: Sequence[str]) -> torch.Tensor:
+        """``[N, D]`` features -> ``[N, tokens_per_input, H]``, each row through its modality's adaptor.
+
+        The one projection path: training calls it on a batch, inference on a request's inputs.
+        Rows of one modality go through their projector together, then return to input order.
+        """
+        param = next(self.parameters())
+        features = features.to(param.device, param.dtype)
+        order, parts = [], []
+        for m in dict.fromkeys(modalities):
+            idx = [i for i, x in enumerate(modalities) if x == m]
+            order += idx
+            parts.append(self(m, features[idx]))
+        out = torch.cat(parts)
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        return out[inverse.to(out.device)]

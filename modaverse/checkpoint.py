@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from modaverse.atomic import json_text, write_folder
 from modaverse.config import Config, load_config, shaping
-from modaverse.errors import WeightsError, key_mismatch
+from modaverse.core.atomic import json_text, write_folder
+from modaverse.core.errors import WeightsError, key_mismatch
 
 log = logging.getLogger("modaverse")
 

@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import os
 import re
-import types
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator
 
-from modaverse.errors import ConfigError
-from modaverse.evaluation.benchmarks import BENCHMARKS
-from modaverse.imagebind.config import ImageBindConfig, list_archs
-from modaverse.media import MediaConfig
-from modaverse.modality import MODALITIES, Modality
+from modaverse.core.errors import ConfigError
+from modaverse.core.modality import MODALITIES, Modality
+from modaverse.core.strict import Settings, Strict, reason
 
 DType = Literal["float32", "float16", "bfloat16"]
 
@@ -39,11 +36,54 @@ def check_device(value: str) -> str:
 Device = Annotated[str, AfterValidator(check_device)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+def arch_file(name: str):
+    """The JSON of a named ImageBind architecture (``configs/imagebind/``): architectures are data."""
+    return resources.files("modaverse.configs") / "imagebind" / f"{name}.json"
 
 
-class EncoderConfig(_Strict):
+def list_archs() -> list[str]:
+    root = resources.files("modaverse.configs") / "imagebind"
+    return sorted(p.name.removesuffix(".json") for p in root.iterdir() if p.name.endswith(".json"))
+
+
+#: Largest image decoded by default (width x height): Pillow's own bomb limit is ~179 MP.
+MAX_PIXELS = 50_000_000
+
+
+class AudioSpec(Strict):
+    """Filterbank settings; the defaults are ImageBind's."""
+
+    sample_rate: int = Field(16000, description="audio is resampled to this rate (Hz)")
+    num_mel_bins: int = Field(128, description="Kaldi filterbank bins")
+    target_length: int = Field(204, description="frames per clip after zero-padding/cropping")
+    clip_duration: float = Field(2.0, description="seconds per clip")
+    clips: int = Field(3, description="clips per file, spread from start to end")
+    mean: float = Field(-4.268, description="filterbank normalisation mean")
+    std: float = Field(9.138, description="filterbank normalisation std")
+
+
+class VideoSpec(Strict):
+    """Clip sampling settings; the defaults are ImageBind's."""
+
+    clip_duration: float = Field(2.0, description="seconds per clip")
+    clips: int = Field(5, description="clips per file, spread from start to end")
+    frames_per_clip: int = Field(2, description="frames kept per clip (uniform subsampling)")
+    size: int = Field(224, description="side of the square crops")
+    crops: int = Field(3, description="spatial crops per clip along the longer side")
+
+
+class MediaConfig(Strict):
+    """Preprocessing settings (``media:`` in a config); defaults reproduce ImageBind."""
+
+    image_size: int = Field(224, description="side of the square crop for images, depth and thermal")
+    audio: AudioSpec = AudioSpec()
+    video: VideoSpec = VideoSpec()
+    depth_scale: float = Field(0.001, description="16-bit depth PNG units -> metres (0.001 for millimetres)")
+    max_pixels: int = Field(MAX_PIXELS, ge=1, description="largest image (width x height) decoded; bigger ones "
+                            "are refused from their header, before any decoding")
+
+
+class EncoderConfig(Settings):
     """The ImageBind encoder (``encoder:``)."""
 
     arch: str = Field("imagebind_huge", description="named architecture; see `modaverse archs`")
@@ -64,14 +104,9 @@ class EncoderConfig(_Strict):
             raise ValueError(f"unknown architecture {v!r}; known: {', '.join(list_archs())}")
         return v
 
-    def imagebind_config(self) -> ImageBindConfig:
-        from modaverse.modality import TOWER
-
-        towers = tuple(dict.fromkeys(TOWER[m] for m in self.modalities))
-        return ImageBindConfig.from_name(self.arch, **self.kwargs, towers=towers)
 
 
-class AdaptorConfig(_Strict):
+class AdaptorConfig(Settings):
     """Projection of ImageBind embeddings into the LLM (``adaptor:``)."""
 
     projector: str = Field("linear", description="linear, or mlpNx_gelu (LLaVA-style config string)")
@@ -88,7 +123,7 @@ class AdaptorConfig(_Strict):
         return v
 
 
-class LoraConfig(_Strict):
+class LoraConfig(Settings):
     r: int = Field(32, ge=1, description="LoRA rank")
     alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r)")
     dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the LoRA branch")
@@ -96,7 +131,7 @@ class LoraConfig(_Strict):
                                description="module names that get LoRA adapters")
 
 
-class LLMConfig(_Strict):
+class LLMConfig(Settings):
     """The language model (``llm:``); either a checkpoint or an architecture built from config."""
 
     model: str | None = Field(
@@ -109,7 +144,7 @@ class LLMConfig(_Strict):
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
 
-class PromptConfig(_Strict):
+class PromptConfig(Settings):
     """How conversations become token sequences (``prompt:``)."""
 
     template: Literal["auto", "vicuna"] = Field(
@@ -124,23 +159,32 @@ class PromptConfig(_Strict):
 MIN_NEW_TOKENS = 96
 
 
-class GenerationConfig(_Strict):
+class GenerationConfig(Settings):
     """Decoding settings (``generation:``)."""
 
     constrained: bool = Field(True, description="decode under the meta-response grammar (always valid JSON)")
-    max_new_tokens: int = Field(512, ge=MIN_NEW_TOKENS, description="cap on generated tokens (the grammar closes the JSON in time)")
+    max_new_tokens: int = Field(512, description=f"cap on generated tokens, at least {MIN_NEW_TOKENS} (the grammar "
+                                "closes the JSON in time)")
     temperature: float = Field(0.0, ge=0, le=5, description="0 = greedy; above 0 samples")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass (when sampling)")
     seed: int | None = Field(None, description="sampling seed; null = the config's global seed")
 
+    @field_validator("max_new_tokens")
+    @classmethod
+    def _room_for_a_reply(cls, v: int) -> int:
+        if v < MIN_NEW_TOKENS:
+            raise ValueError(f"{v} is below {MIN_NEW_TOKENS}, the least that leaves room for a reply and for "
+                             "closing its JSON")
+        return v
 
-class GeneratorConfig(_Strict):
+
+class GeneratorConfig(Settings):
     """One zoo entry (``zoo.<capability>:``)."""
 
     plugin: str = Field(description="registered plug-in name; see `modaverse zoo list`")
-    model: str | None = Field(None, description="hub id or local folder (from_pretrained); null with arch: tiny")
-    arch: Literal["tiny"] | None = Field(None, description="tiny = random components built from config (offline)")
-    seed: int = Field(0, description="seed for building `arch` components")
+    model: str | None = Field(None, description="hub id or local folder (from_pretrained); null for plug-ins built "
+                              "from config (the tiny-* ones)")
+    seed: int = Field(0, description="seed of plug-ins built from config with random weights (tiny-*)")
     dtype: DType = Field("float16", description="dtype the generator is loaded in")
     device: Device = Field("auto", description="cpu, cuda, cuda:N, mps or auto")
     offload: Literal["none", "model", "sequential"] = Field(
@@ -149,14 +193,14 @@ class GeneratorConfig(_Strict):
     defaults: dict[str, Any] = Field(default_factory=dict, description="default render parameters (bounded)")
 
 
-class RenderConfig(_Strict):
+class RenderConfig(Settings):
     """How the zoo keeps generators in memory (``render:``)."""
 
     max_resident: int = Field(1, ge=1, description="generators kept loaded at once (least recently used leaves)")
     memory_budget_gb: float | None = Field(None, gt=0, description="unload least recently used generators above this")
 
 
-class TrainableConfig(_Strict):
+class TrainableConfig(Settings):
     """Which parts learn (``trainable:``), torchtune-style; the same choice shapes inference.
 
     The set of trainable tensors is exactly what a checkpoint holds, so a config whose
@@ -169,7 +213,7 @@ class TrainableConfig(_Strict):
     markers: bool = Field(True, description="train the embedding rows of the added marker tokens (lora/frozen)")
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Settings):
     """One-stage training of adaptors + LoRA (``train:``); see docs/training.md."""
 
     data: str | None = Field(None, description="training JSONL (docs/data.md); relative to this file")
@@ -206,10 +250,9 @@ class TrainConfig(_Strict):
 
 
 EVAL_CACHE = "~/.cache/modaverse/eval"
-EVAL_INSTRUCTIONS = {name: b.instruction for name, b in BENCHMARKS.items()}
 
 
-class EvalConfig(_Strict):
+class EvalConfig(Settings):
     """``modaverse eval``: feature extractors and benchmark settings (docs/evaluation.md).
 
     The weight files are the ones published numbers were computed with; a missing file is
@@ -237,24 +280,12 @@ class EvalConfig(_Strict):
     video_frames: int = Field(16, ge=1, description="frames sampled evenly from each video for FID and CLIPSIM")
     audio_seconds: float = Field(10.0, gt=0, description="audio is cut or zero-padded to this length for FD/IS")
     instructions: dict[str, str] = Field(
-        default_factory=lambda: dict(EVAL_INSTRUCTIONS),
-        description="request per benchmark (keys set here replace the defaults one by one): "
+        default_factory=dict,
+        description="request per benchmark, replacing its default one (`modaverse eval list` shows them): "
         "<media> marks the input of a captioning benchmark, {caption} the caption of a generation one")
 
-    @field_validator("instructions")
-    @classmethod
-    def _merge_instructions(cls, value: dict[str, str]) -> dict[str, str]:
-        unknown = sorted(set(value) - set(EVAL_INSTRUCTIONS))
-        if unknown:
-            raise ValueError(f"unknown benchmark {unknown[0]!r}; known: {', '.join(EVAL_INSTRUCTIONS)}")
-        for name, text in value.items():
-            need = "<media>" if BENCHMARKS[name].task == "caption" else "{caption}"
-            if text.count(need) != 1:
-                raise ValueError(f"{name}: the request must contain {need} once")
-        return {**EVAL_INSTRUCTIONS, **value}
 
-
-class Config(_Strict):
+class Config(Settings):
     base: str | None = Field(
         None, description="config this one extends (name or path); its keys apply unless set here")
     name: str = Field("custom", description="profile name, shown in outputs")
@@ -393,16 +424,6 @@ def _apply(raw: dict, keys: list[str], value: Any, item: str) -> None:
     node[keys[-1]] = value
 
 
-def _describe(err: ValidationError, origin: str) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{origin}: {key}: {msg}{more}"
-
-
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
@@ -445,7 +466,7 @@ def load_config(name_or_path: str | os.PathLike = "tiny", overrides: list[str] =
     try:
         Config.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_describe(e, str(path))) from None
+        raise ConfigError(f"{path}: {reason(e)}") from None
     for item in overrides:
         keys, value = parse_override(item)
         _apply(raw, keys, value, item)
@@ -453,33 +474,5 @@ def load_config(name_or_path: str | os.PathLike = "tiny", overrides: list[str] =
         try:
             Config.model_validate(raw)
         except ValidationError as e:
-            raise ConfigError(_describe(e, f"--set {item}")) from None
+            raise ConfigError(f"--set {item}: {reason(e)}") from None
     return Config.model_validate(raw)
-
-
-def describe_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """(dotted key, type, default, description) for every key, generated from the schema."""
-    rows = []
-    for name, field in model.model_fields.items():
-        key = f"{prefix}{name}"
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            rows += describe_keys(ann, f"{key}.")
-            continue
-        if str(ann).startswith("dict[str, modaverse.config.GeneratorConfig]"):
-            rows += describe_keys(GeneratorConfig, f"{key}.<capability>.")
-            continue
-        default = "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True))
-        rows.append((key, _type_name(ann), default, field.description or ""))
-    return rows
-
-
-def _type_name(ann: Any) -> str:
-    origin, args = get_origin(ann), get_args(ann)
-    if origin is Literal:
-        return " / ".join(map(str, args))
-    if origin in (Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
-    if origin is not None:
-        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
-    return getattr(ann, "__name__", str(ann))

@@ -27,8 +27,8 @@ def fixture_model():
     """The reference ImageBind with its weights, loaded through the project's own loader."""
     import json
 
-    from modaverse.encoder import build_imagebind
-    from modaverse.imagebind.config import ImageBindConfig
+    from modaverse.encoder.embed import build_imagebind
+    from modaverse.encoder.imagebind.config import ImageBindConfig
 
     kwargs = json.loads((IB / "config.json").read_text())["model_kwargs"]
     return build_imagebind(ImageBindConfig(**kwargs), IB / "weights.safetensors")
@@ -74,7 +74,7 @@ def run_on_terminal(*args, env=None, timeout=300):
 def random_pipe():
     """The tiny profile without its trained checkpoint: random weights, for behaviour only an
     untrained model shows (greedy loops that need the grammar's wrap-up, non-JSON text)."""
-    from modaverse.pipeline import ModaVerse
+    from modaverse.pipeline.assistant import ModaVerse
 
     return ModaVerse.from_config("tiny", ["checkpoint=null"])
 
@@ -82,6 +82,15 @@ def random_pipe():
 @pytest.fixture(scope="session")
 def tiny_pipe():
     """The offline default profile, built once: tiny ImageBind, tiny Llama, trained checkpoint."""
-    from modaverse.pipeline import ModaVerse
+    from modaverse.pipeline.assistant import ModaVerse
 
     return ModaVerse.from_config("tiny")
+
+
+def one_line_error(result, *needles):
+    """A user error: exit status 2 and one line on stderr holding every needle, never a traceback."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for n in needles:
+        assert str(n) in lines[0], lines[0]

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -37,7 +40,7 @@ def test_from_config():
 
 
 def test_image_and_video_have_distinct_markers_and_share_the_vision_tower():
-    from modaverse.modality import MODALITIES, TOWER, markers
+    from modaverse.core.modality import MODALITIES, TOWER, markers
 
     assert TOWER["image"] == TOWER["video"] == "vision"
     assert markers("image") == ("<Image>", "</Image>") and markers("video") == ("<Video>", "</Video>")
@@ -45,10 +48,16 @@ def test_image_and_video_have_distinct_markers_and_share_the_vision_tower():
 
 
 def test_public_api_is_importable_lazily():
+    """``import modaverse`` and reading a config load no torch; the first model class does."""
+    probe = ("import sys, modaverse\n"
+             "assert 'torch' not in sys.modules, 'import modaverse loaded torch'\n"
+             "assert modaverse.load_config('tiny').name == 'tiny'\n"
+             "assert 'torch' not in sys.modules, 'load_config loaded torch'\n"
+             "assert modaverse.Encoder.__name__ == 'Encoder' and 'torch' in sys.modules\n")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
     import modaverse
 
-    assert modaverse.load_config("tiny").name == "tiny"
-    assert modaverse.Encoder.__name__ == "Encoder"
     assert set(modaverse.__all__) == {*modaverse._EXPORTS, "__version__"}
     with pytest.raises(AttributeError):
         modaverse.nothing_here  # noqa: B018
@@ -64,8 +73,8 @@ GEMMA_LIKE = {"model_type": "gemma3_text", "hidden_size": 64, "intermediate_size
 def test_media_tokens_start_at_the_scale_of_text_embeddings(projector, standardize, shared):
     """Gemma multiplies text embeddings by sqrt(hidden) (x8 here, x25 at 640 wide); untuned
     projectors gave media tokens norm ~1, which the LLM barely sees."""
-    from modaverse.encoder import Encoder
-    from modaverse.pipeline import build_trainable
+    from modaverse.encoder.embed import Encoder
+    from modaverse.pipeline.assistant import build_trainable
 
     config = load_config("tiny", ["checkpoint=null", f"adaptor.projector={projector}",
                                   f"adaptor.standardize={str(standardize).lower()}", f"adaptor.shared={str(shared).lower()}"])

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from modaverse.data.synth import write_benchmark_set
-from modaverse.evaluation.benchmarks import BENCHMARKS
-from modaverse.evaluation.runner import BenchmarkError, run_benchmark
+from modaverse.evaluation.paper.runner import BenchmarkError, run_benchmark
+from modaverse.evaluation.paper.tasks import BENCHMARKS
 from tests.conftest import run_cli
 
 
@@ -29,6 +29,7 @@ def test_each_benchmark_runs_and_writes_the_papers_table(name, datasets, tiny_pi
     results = run_benchmark(name, datasets[bench.modality], tiny_pipe.config, out, limit=4, spice=False,
                             progress=False, pipe=tiny_pipe)
     assert results["items"] == 4 and results["scored"] + results["failed"] == 4
+    assert results["scored"] >= 3, (results["failed_ids"], results["notes"])  # the runner works, not only its errors
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [f"{bench.modality}-{i:05d}" for i in range(4)]
     table = (out / "results.md").read_text()
@@ -38,7 +39,7 @@ def test_each_benchmark_runs_and_writes_the_papers_table(name, datasets, tiny_pi
         assert column.header in table
         if column.header == "SPIDEr":  # needs SPICE, skipped here: the table says so
             assert results["columns"]["SPIDEr"] is None and "SPIDEr skipped (--no-spice)" in table
-        elif results["scored"] >= 2:
+        else:
             assert isinstance(results["columns"][column.header], float), (column, results["notes"])
     if bench.task == "generate":
         manifest = [json.loads(line) for line in (out / "generated.jsonl").read_text().splitlines()]

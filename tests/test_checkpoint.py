@@ -8,10 +8,10 @@ import threading
 import pytest
 import torch
 
-from modaverse.encoder import build_imagebind
-from modaverse.errors import WeightsError
-from modaverse.imagebind.checkpoint import download, resolve_weights
-from modaverse.imagebind.config import ImageBindConfig
+from modaverse.core.errors import WeightsError
+from modaverse.encoder.embed import build_imagebind
+from modaverse.encoder.imagebind.checkpoint import download, resolve_weights
+from modaverse.encoder.imagebind.config import ImageBindConfig
 
 from .conftest import IB
 

@@ -4,20 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from modaverse import embfile
+from modaverse.encoder import embfile
 
 from . import media_factory as mf
-from .conftest import IB, run_cli, run_on_terminal
+from .conftest import IB, one_line_error, run_cli, run_on_terminal
 
 REF = ["--encoder-config", IB / "config.json", "--weights", IB / "weights.safetensors"]
-
-
-def _one_line_error(result, *needles):
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    for n in needles:
-        assert str(n) in lines[0], lines[0]
 
 
 def test_help_lists_commands():
@@ -94,18 +86,18 @@ def test_bad_files_fail_in_one_line_and_keep_earlier_output(tmp_path, case):
         bad.write_bytes(mf.audio(tmp_path / "a.wav").read_bytes())
     elif case == "unsupported":
         bad.write_bytes(b"PK")
-    _one_line_error(run_cli("embed", IB / "image_a.png", "--output", out), out, "already exists; pass --force")
+    one_line_error(run_cli("embed", IB / "image_a.png", "--output", out), out, "already exists; pass --force")
     r = run_cli("embed", IB / "image_a.png", bad, "--output", out, "--force")
     reason = {"missing": "no such file", "empty": "file is empty", "truncated": "",
               "mislabelled": "mislabelled", "unsupported": "unsupported extension"}[case]
-    _one_line_error(r, bad, reason)
+    one_line_error(r, bad, reason)
     assert out.read_bytes() == before  # nothing already written is lost
 
 
 def test_weights_that_do_not_match_list_keys(tmp_path):
     r = run_cli("embed", IB / "image_a.png", "--config", "tiny", "--set", "encoder.kwargs.out_embed_dim=16",
                 "--weights", IB / "weights.safetensors", "--output", tmp_path / "e.safetensors")
-    _one_line_error(r, "weights do not match the encoder config", "shape mismatch", "modality_heads.audio.2.weight")
+    one_line_error(r, "weights do not match the encoder config", "shape mismatch", "modality_heads.audio.2.weight")
     from safetensors.torch import load_file, save_file
 
     sd = load_file(str(IB / "weights.safetensors"))
@@ -113,25 +105,25 @@ def test_weights_that_do_not_match_list_keys(tmp_path):
     save_file(sd, str(tmp_path / "w.safetensors"))
     r = run_cli("embed", IB / "image_a.png", "--encoder-config", IB / "config.json",
                 "--weights", tmp_path / "w.safetensors", "--output", tmp_path / "e.safetensors")
-    _one_line_error(r, "missing keys: modality_trunks.imu.blocks.0.norm_1.bias")
+    one_line_error(r, "missing keys: modality_trunks.imu.blocks.0.norm_1.bias")
 
 
 def test_config_and_argument_errors(tmp_path):
     out = ["--output", tmp_path / "e.safetensors"]
-    _one_line_error(run_cli("embed", IB / "image_a.png", "--set", "encoder.batchsize=2", *out),
+    one_line_error(run_cli("embed", IB / "image_a.png", "--set", "encoder.batchsize=2", *out),
                     "encoder.batchsize: unknown key")
-    _one_line_error(run_cli("embed", IB / "image_a.png", "--config", tmp_path / "no.yaml", *out), "no such config")
-    _one_line_error(run_cli("embed", IB / "image_a.png", "--output", tmp_path / "e.npy"), "must be a .safetensors")
-    _one_line_error(run_cli("embed", IB / "depth.npy", *out), "fits depth and thermal")
+    one_line_error(run_cli("embed", IB / "image_a.png", "--config", tmp_path / "no.yaml", *out), "no such config")
+    one_line_error(run_cli("embed", IB / "image_a.png", "--output", tmp_path / "e.npy"), "must be a .safetensors")
+    one_line_error(run_cli("embed", IB / "depth.npy", *out), "fits depth and thermal")
     bad = tmp_path / "enc.json"
     bad.write_text('{"vision_embed_dims": 64}')
-    _one_line_error(run_cli("embed", IB / "image_a.png", "--encoder-config", bad, "--weights", IB / "weights.safetensors", *out),
+    one_line_error(run_cli("embed", IB / "image_a.png", "--encoder-config", bad, "--weights", IB / "weights.safetensors", *out),
                     "vision_embed_dims: unknown ImageBindModel argument")
-    _one_line_error(run_cli("embed", IB / "image_a.png", "--encoder-config", IB / "config.json", *out), "needs --weights")
-    _one_line_error(run_cli("embed", IB / "image_a.png", "--set", "encoder.modalities=[audio]", *out),
+    one_line_error(run_cli("embed", IB / "image_a.png", "--encoder-config", IB / "config.json", *out), "needs --weights")
+    one_line_error(run_cli("embed", IB / "image_a.png", "--set", "encoder.modalities=[audio]", *out),
                     "built without the image tower")
     np.save(tmp_path / "x.npy", np.zeros((2, 3, 4), np.float32))
-    _one_line_error(run_cli("embed", tmp_path / "x.npy", *out), "cannot tell the modality")
+    one_line_error(run_cli("embed", tmp_path / "x.npy", *out), "cannot tell the modality")
 
 
 def test_configs_and_archs_commands():
@@ -146,16 +138,16 @@ def test_configs_and_archs_commands():
 
 
 def test_usage_errors_are_one_line(tmp_path):
-    _one_line_error(run_cli("embed", IB / "image_a.png", "--batch-size", "0", "-o", tmp_path / "e.safetensors"),
+    one_line_error(run_cli("embed", IB / "image_a.png", "--batch-size", "0", "-o", tmp_path / "e.safetensors"),
                     "--batch-size: 0 is not a positive number")
-    _one_line_error(run_cli("embed", IB / "image_a.png"), "required: --output")
-    _one_line_error(run_cli("frobnicate"), "invalid choice: 'frobnicate'")
-    _one_line_error(run_cli("embed", IB / "image_a.png", "--device", "gpu", "-o", tmp_path / "e.safetensors"),
+    one_line_error(run_cli("embed", IB / "image_a.png"), "required: --output")
+    one_line_error(run_cli("frobnicate"), "invalid choice: 'frobnicate'")
+    one_line_error(run_cli("embed", IB / "image_a.png", "--device", "gpu", "-o", tmp_path / "e.safetensors"),
                     "--device: unknown device 'gpu'")
     (tmp_path / "dir.safetensors").mkdir()
-    _one_line_error(run_cli("embed", IB / "image_a.png", "-o", tmp_path / "dir.safetensors"), "is a directory")
-    _one_line_error(run_cli("inspect", IB / "image_a.png"), "not an embeddings file")
-    _one_line_error(run_cli("render", "image-editing", "make it snowy", "-o", tmp_path / "r"), "give it with -i FILE")
+    one_line_error(run_cli("embed", IB / "image_a.png", "-o", tmp_path / "dir.safetensors"), "is a directory")
+    one_line_error(run_cli("inspect", IB / "image_a.png"), "not an embeddings file")
+    one_line_error(run_cli("render", "image-editing", "make it snowy", "-o", tmp_path / "r"), "give it with -i FILE")
 
 
 def _help_texts(parser, prefix="modaverse"):
@@ -173,7 +165,7 @@ def test_help_texts_name_only_configs_that_exist():
     """A config named in any --help must exist (one named modaverse-7b-official, which never did)."""
     import re
 
-    from modaverse.cli import build_parser
+    from modaverse.cli.main import build_parser
     from modaverse.config import list_configs
 
     configs = list_configs()

@@ -6,12 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from modaverse import meta
 from modaverse.config import load_config
+from modaverse.meta import schema as meta
 
 from . import media_factory as mf
-from .conftest import IB, run_cli
-from .test_cli import _one_line_error
+from .conftest import IB, one_line_error, run_cli
 
 TINY_CAPS = meta.capabilities(load_config("tiny").zoo)
 THREE = ["-i", IB / "image_a.png", "-i", IB / "audio_44k.wav", "-i", IB / "video.mp4"]
@@ -32,7 +31,7 @@ def test_generate_with_image_audio_and_video(tmp_path):
     # --json prints exactly what was written; an existing response is never overwritten silently
     before = (out / "response.json").read_bytes()
     r = run_cli("generate", "Again", "--output-dir", out)
-    _one_line_error(r, "response.json", "already exists", "--force")
+    one_line_error(r, "response.json", "already exists", "--force")
     assert (out / "response.json").read_bytes() == before
     r = run_cli("generate", "Again", "--output-dir", out, "--force", "--json", "--seed", "3", "--temperature", "1")
     assert r.returncode == 0, r.stderr
@@ -59,14 +58,14 @@ def test_generate_errors_are_one_line_and_write_nothing(tmp_path):
         (["generate", "x", "-i", bad, "-o", tmp_path / "a"], [bad, "mislabelled"]),
         (["generate", "x", "-i", tmp_path / "none.png", "-o", tmp_path / "b"], ["none.png", "no such file"]),
         (["generate", "x", "--set", "generation.max_new_tokens=10", "-o", tmp_path / "c"],
-         ["generation.max_new_tokens", "greater than or equal to 96"]),
-        (["generate", "x", "--temperature", "9", "-o", tmp_path / "d"], ["--temperature 9.0", "between 0 and 5"]),
-        (["generate", "x", "--max-new-tokens", "10", "-o", tmp_path / "f"], ["max_new_tokens 10", "at least 96"]),
+         ["--set generation.max_new_tokens=10: generation.max_new_tokens: 10 is below 96"]),
+        (["generate", "x", "--temperature", "9", "-o", tmp_path / "d"], ["temperature: Input should be less than or equal to 5"]),
+        (["generate", "x", "--max-new-tokens", "10", "-o", tmp_path / "f"], ["max_new_tokens: 10 is below 96"]),
         (["generate", "see <media>", "-i", IB / "image_a.png", "-i", IB / "image_b.jpg", "-o", tmp_path / "e"],
          ["1 <media> placeholder(s) but 2 input(s)"]),
     ]
     for args, needles in cases:
-        _one_line_error(run_cli(*args), *needles)
+        one_line_error(run_cli(*args), *needles)
     assert not list(tmp_path.glob("*/response.json"))
 
 

@@ -3,7 +3,8 @@
 import pytest
 
 from modaverse.config import list_configs, load_config
-from modaverse.errors import ConfigError
+from modaverse.core.errors import ConfigError
+from modaverse.encoder.imagebind.config import ImageBindConfig
 
 
 def test_packaged_configs_validate():
@@ -22,8 +23,8 @@ def test_set_overrides_any_key_with_typed_values():
     c = load_config("tiny", ["encoder.batch_size=3", "adaptor.shared=true", "encoder.kwargs.out_embed_dim=16",
                              "encoder.modalities=[image, audio]"])
     assert c.encoder.batch_size == 3 and c.adaptor.shared is True
-    assert c.encoder.imagebind_config().out_embed_dim == 16
-    assert c.encoder.imagebind_config().towers == ("vision", "audio")
+    assert ImageBindConfig.from_encoder(c.encoder).out_embed_dim == 16
+    assert ImageBindConfig.from_encoder(c.encoder).towers == ("vision", "audio")
 
 
 @pytest.mark.parametrize(
@@ -34,7 +35,7 @@ def test_set_overrides_any_key_with_typed_values():
         ("encoder.arch=imagebind_giant", "unknown architecture 'imagebind_giant'"),
         ("encoder.modalities=[smell]", "encoder.modalities.0"),
         ("adaptor.projector=transformer", "unknown projector 'transformer'"),
-        ("encoder.device=gpu", "encoder.device: Value error, unknown device 'gpu'"),
+        ("encoder.device=gpu", "--set encoder.device=gpu: encoder.device: unknown device 'gpu'"),
         ("encoder", "expected KEY=VALUE"),
         ("encoder.arch.x=1", "encoder.arch is not a section"),
     ],
@@ -70,7 +71,7 @@ def test_relative_paths_resolve_against_the_yaml_not_the_cwd(tmp_path, monkeypat
 
 
 def test_every_key_is_documented():
-    from modaverse.config import describe_keys
+    from modaverse.cli.setup import describe_keys
 
     rows = describe_keys()
     assert {"encoder.weights", "media.audio.clips", "adaptor.shared", "zoo.<capability>.plugin"} <= {r[0] for r in rows}

@@ -5,12 +5,12 @@ import json
 import pytest
 from hypothesis import given, settings
 
-from modaverse import meta
-from modaverse.constrain import WRAP_UP_TOKENS, MetaGrammar
-from modaverse.llm import tiny_tokenizer
+from modaverse.meta import schema as meta
+from modaverse.meta.grammar import WRAP_UP_TOKENS, MetaGrammar
+from modaverse.tiny.tokenizer import tokenizer as tiny_tokenizer
 
 from .conftest import IB
-from .test_meta import documents
+from .strategies import documents
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,7 @@ import pytest
 from modaverse.data.records import RecordError, parse_record, read_lines, record_line, record_schema
 from modaverse.data.synth import synthesize
 
-from .conftest import IB, run_cli
-from .test_cli import _one_line_error
+from .conftest import IB, one_line_error, run_cli
 
 GOOD = {"messages": [
     {"role": "user", "text": "Describe <media>.", "media": [{"path": "a.png"}]},
@@ -84,8 +83,8 @@ def test_data_synth_and_validate_cli(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout and (tmp_path / "train.jsonl").is_file()
     r = run_cli("data", "synth", "--output", tmp_path, "--num", "12")
-    _one_line_error(r, "already holds", "--force")
-    _one_line_error(run_cli("data", "synth", "--output", tmp_path / "x", "--test-fraction", "2"),
+    one_line_error(r, "already holds", "--force")
+    one_line_error(run_cli("data", "synth", "--output", tmp_path / "x", "--test-fraction", "2"),
                     "--test-fraction", "2.0 is not between 0 and 1")
     r = run_cli("data", "validate", tmp_path / "train.jsonl")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -111,7 +110,7 @@ def test_data_synth_and_validate_cli(tmp_path):
     assert out[3].startswith(f"{bad}:5: too long: ") and "only 128 fit" in out[3]
     assert out[-1] == f"{bad}: 1 record(s) ok, 4 bad (2 invalid, 1 media, 1 too long)"
     assert "Traceback" not in r.stderr
-    _one_line_error(run_cli("data", "validate", tmp_path / "nope.jsonl"), "nope.jsonl", "no such file")
+    one_line_error(run_cli("data", "validate", tmp_path / "nope.jsonl"), "nope.jsonl", "no such file")
 
 
 def _media_root(tmp_path):
@@ -179,8 +178,8 @@ def test_import_llava_and_pandagpt(tmp_path):
     rec = json.loads(out.read_text())
     assert rec["messages"][0]["media"] == [{"path": "media/cat.jpg", "modality": "image"}]
     assert run_cli("data", "validate", out).returncode == 0
-    _one_line_error(run_cli("data", "import", "pandagpt", panda, "--output", out), "already exists", "--force")
-    _one_line_error(run_cli("data", "import", "llava", tmp_path / "none.json", "--output", tmp_path / "n.jsonl"),
+    one_line_error(run_cli("data", "import", "pandagpt", panda, "--output", out), "already exists", "--force")
+    one_line_error(run_cli("data", "import", "llava", tmp_path / "none.json", "--output", tmp_path / "n.jsonl"),
                     "none.json", "no such file")
 
 

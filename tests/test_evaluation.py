@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from modaverse.evaluation.captions import CaptionError, read_predictions, read_references
+from modaverse.evaluation.paper.captions import CaptionError, read_predictions, read_references
 
 from .conftest import run_cli
 
@@ -70,7 +70,7 @@ def test_caption_metrics_equal_the_reference_pipeline(tmp_path, monkeypatch):
 
 @needs_java
 def test_identical_captions_score_one_on_bleu(tmp_path):
-    from modaverse.evaluation.captions import score
+    from modaverse.evaluation.paper.captions import score
 
     refs = {str(k): [v[0]] for k, v in REFS.items()}
     result = score({k: v[0] for k, v in refs.items()}, refs, spice=False)
@@ -80,7 +80,7 @@ def test_identical_captions_score_one_on_bleu(tmp_path):
 
 
 def test_caption_inputs_are_checked(tmp_path):
-    from modaverse.evaluation.captions import score
+    from modaverse.evaluation.paper.captions import score
 
     p = tmp_path / "p.jsonl"
     p.write_text('{"id": 1, "caption": "a"}\n{"id": 1, "caption": "b"}\n')

@@ -9,17 +9,17 @@ import torch
 from safetensors.torch import load_file
 
 from modaverse.config import EvalConfig, load_config
-from modaverse.errors import WeightsError
-from modaverse.evaluation.extractors import Extractors
-from modaverse.evaluation.generation import (
+from modaverse.core.errors import WeightsError
+from modaverse.evaluation.paper.extractors import Extractors
+from modaverse.evaluation.paper.generation import (
     GenerationEvalError,
     Item,
     frechet_distance,
     inception_score,
     score,
 )
-from modaverse.evaluation.inception import FIDInception
-from modaverse.evaluation.panns import Cnn14
+from modaverse.evaluation.paper.inception import FIDInception
+from modaverse.evaluation.paper.panns import Cnn14
 from tests import media_factory
 from tests.conftest import run_cli
 

@@ -2,40 +2,16 @@
 under it), NaN sensor data. Each is one line naming the file and the reason, exit 2, and no
 output file is written."""
 
-import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from modaverse.errors import MediaError
+from modaverse.core.errors import MediaError
 from modaverse.media import MediaConfig, load_media
 
-from .conftest import run_cli
-from .test_cli import _one_line_error
-
-
-def png_declaring(path, width: int, height: int) -> None:
-    """A valid PNG header and a few bytes of data, declaring ``width`` x ``height`` 1-bit pixels."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-                     + chunk(b"IEND", b""))
-
-
-def jpeg_declaring(path, width: int, height: int) -> None:
-    """A small real JPEG whose SOF header is rewritten to declare ``width`` x ``height``."""
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), "red").save(buf, format="JPEG")
-    data = bytearray(buf.getvalue())
-    sof = data.index(b"\xff\xc0")
-    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
-    path.write_bytes(bytes(data))
+from . import media_factory as mf
+from .conftest import one_line_error, run_cli
 
 
 def low_bit_bomb(path, side: int = 9000) -> None:
@@ -48,17 +24,17 @@ def low_bit_bomb(path, side: int = 9000) -> None:
 def test_image_bombs_are_one_line_errors(tmp_path, make):
     bomb = tmp_path / ("bomb.png" if "png" in make or "low-bit" in make else "bomb.jpg")
     if make == "png-over-pillow":
-        png_declaring(bomb, 40000, 40000)  # 1.6 G pixels
+        mf.png_declaring(bomb, 40000, 40000)  # 1.6 G pixels
     elif make == "jpeg-over-pillow":
-        jpeg_declaring(bomb, 65000, 65000)
+        mf.jpeg_declaring(bomb, 65000, 65000)
     elif make == "jpeg-over-ours":
-        jpeg_declaring(bomb, 8000, 8000)  # 64 MP: Pillow would decode it
+        mf.jpeg_declaring(bomb, 8000, 8000)  # 64 MP: Pillow would decode it
     else:
         low_bit_bomb(bomb)
     assert bomb.stat().st_size < 100_000
     out = tmp_path / "emb.safetensors"
     r = run_cli("embed", bomb, "--output", out)
-    _one_line_error(r, str(bomb))
+    one_line_error(r, str(bomb))
     assert ("media.max_pixels" in r.stderr) or ("decompression bomb" in r.stderr)
     assert not out.exists()
 
@@ -70,7 +46,7 @@ def test_the_pixel_cap_is_a_config_key(tmp_path):
         load_media(img, config=MediaConfig(max_pixels=50_000))
     assert load_media(img, config=MediaConfig(max_pixels=60_000)).modality == "image"
     r = run_cli("embed", img, "--output", tmp_path / "e.safetensors", "--set", "media.max_pixels=1000")
-    _one_line_error(r, str(img), "media.max_pixels")
+    one_line_error(r, str(img), "media.max_pixels")
 
 
 @pytest.mark.parametrize("kind", ["csv", "npy-imu", "npy-depth", "npy-thermal"])
@@ -88,7 +64,7 @@ def test_nan_and_inf_in_sensor_data_name_the_file(tmp_path, kind):
         path = tmp_path / f"{modality}.npy"
         np.save(path, arr)
     r = run_cli("embed", path, "--modality", modality, "--output", tmp_path / "e.safetensors")
-    _one_line_error(r, str(path), "NaN or infinite")
+    one_line_error(r, str(path), "NaN or infinite")
 
 
 @pytest.mark.parametrize("name", ["clip.wav", "clip.m4a", "clip.mp3"])
@@ -100,6 +76,6 @@ def test_a_video_behind_an_audio_extension_is_mislabelled(tmp_path, name):
     path = tmp_path / name
     path.write_bytes(src.read_bytes())
     r = run_cli("embed", path, "--output", tmp_path / "e.safetensors")
-    _one_line_error(r, str(path), "mislabelled")
+    one_line_error(r, str(path), "mislabelled")
     sound_only = mf.audio(tmp_path / "tone.m4a")
     assert load_media(sound_only).modality == "audio"

@@ -15,8 +15,9 @@ import json
 import pytest
 import torch
 
-from modaverse.imagebind.config import ImageBindConfig, list_archs
-from modaverse.imagebind.model import ImageBind
+from modaverse.config import list_archs
+from modaverse.encoder.imagebind.config import ImageBindConfig
+from modaverse.encoder.imagebind.model import ImageBind
 from modaverse.media import load_media
 
 from .conftest import IB

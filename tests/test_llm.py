@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from modaverse.config import LLMConfig, load_config
-from modaverse.errors import ModaverseError
-from modaverse.llm import load_llm, tiny_tokenizer
+from modaverse.core.errors import ModaverseError
+from modaverse.llm.model import load_llm
+from modaverse.tiny.tokenizer import tokenizer as tiny_tokenizer
 
 MARKERS = ["<Image>", "</Image>", "<Audio>", "</Audio>"]
 TINY_ARCH = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -17,7 +18,7 @@ def _trainable(model):
 
 
 def test_only_lora_and_the_new_marker_rows_train():
-    llm = load_llm(load_config("tiny").llm, MARKERS)
+    llm = load_llm(load_config("tiny").llm, MARKERS, tiny_tokenizer())
     trainable = _trainable(llm.model)
     token_rows = [n for n in trainable if n.endswith("embed_tokens.rows")]
     assert len(token_rows) == 1 and trainable[token_rows[0]] == len(MARKERS) * llm.hidden_size
@@ -30,7 +31,7 @@ def test_only_lora_and_the_new_marker_rows_train():
 
 
 def test_a_marker_row_receives_gradient_but_old_rows_do_not():
-    llm = load_llm(load_config("tiny").llm, MARKERS)
+    llm = load_llm(load_config("tiny").llm, MARKERS, tiny_tokenizer())
     ids = torch.tensor([[5, llm.marker_ids["<Image>"], 7]])
     llm.model.train()
     llm.model(input_ids=ids, labels=ids).loss.backward()
@@ -48,9 +49,9 @@ GEMMA_ARCH = {"model_type": "gemma3_text", "hidden_size": 64, "intermediate_size
 def test_merging_for_inference_changes_nothing_but_speed(arch):
     """Trained LoRA and marker rows folded into the base weights give the same logits, and the
     merged model is a plain transformers model again (no per-forward rebuilding)."""
-    from modaverse.llm import MarkerRows
+    from modaverse.llm.model import MarkerRows
 
-    llm = load_llm(LLMConfig(arch=arch, device="cpu", lora={"r": 4, "alpha": 8, "dropout": 0.0}), MARKERS)
+    llm = load_llm(LLMConfig(arch=arch, device="cpu", lora={"r": 4, "alpha": 8, "dropout": 0.0}), MARKERS, tiny_tokenizer())
     torch.manual_seed(1)
     with torch.no_grad():
         for p in llm.model.parameters():
@@ -70,7 +71,7 @@ def test_merging_for_inference_changes_nothing_but_speed(arch):
 
 
 def test_stops_on_every_eos_id_of_the_generation_config():
-    llm = load_llm(LLMConfig(arch=TINY_ARCH, device="cpu"), MARKERS)
+    llm = load_llm(LLMConfig(arch=TINY_ARCH, device="cpu"), MARKERS, tiny_tokenizer())
     llm.model.generation_config.eos_token_id = [7, llm.tokenizer.eos_token_id, 11]
     assert llm.eos_ids == sorted({7, 11, llm.tokenizer.eos_token_id})
 
@@ -78,7 +79,7 @@ def test_stops_on_every_eos_id_of_the_generation_config():
 def test_lora_settings_come_from_config():
     cfg = LLMConfig(arch=TINY_ARCH, lora={"r": 4, "alpha": 8, "dropout": 0.0, "targets": ["q_proj", "v_proj"]},
                     device="cpu")
-    llm = load_llm(cfg, MARKERS)
+    llm = load_llm(cfg, MARKERS, tiny_tokenizer())
     lora = llm.model.peft_config["default"]
     assert (lora.r, lora.lora_alpha, set(lora.target_modules)) == (4, 8, {"q_proj", "v_proj"})
     assert {n.split(".")[-4] for n in _trainable(llm.model) if "lora_A" in n} == {"q_proj", "v_proj"}
@@ -86,7 +87,7 @@ def test_lora_settings_come_from_config():
 
 def test_other_architectures_go_through_the_same_path():
     cfg = LLMConfig(arch={**TINY_ARCH, "model_type": "qwen2"}, device="cpu")
-    llm = load_llm(cfg, MARKERS)
+    llm = load_llm(cfg, MARKERS, tiny_tokenizer())
     assert llm.model.config.model_type == "qwen2" and llm.hidden_size == 32
 
 
@@ -113,4 +114,4 @@ def test_missing_model_is_one_clear_error(tmp_path):
     with pytest.raises(ModaverseError, match=r"llm.model .*nowhere: cannot load the tokenizer"):
         load_llm(LLMConfig(model=str(tmp_path / "nowhere"), device="cpu"), MARKERS)
     with pytest.raises(ModaverseError, match="llm.arch"):
-        load_llm(LLMConfig(arch={"model_type": "no-such-model"}, device="cpu"), MARKERS)
+        load_llm(LLMConfig(arch={"model_type": "no-such-model"}, device="cpu"), MARKERS, tiny_tokenizer())

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from modaverse.errors import MediaError
+from modaverse.core.errors import MediaError
+from modaverse.core.modality import INPUT_SHAPE
 from modaverse.media import detect_modality, load_media
-from modaverse.modality import INPUT_SHAPE
 
 from . import media_factory as mf
 

@@ -6,9 +6,9 @@ import logging
 import pytest
 import torch
 
-from modaverse import meta
-from modaverse.errors import ModaverseError
-from modaverse.pipeline import ModaVerse, text_field_prefix
+from modaverse.core.errors import ModaverseError
+from modaverse.meta import schema as meta
+from modaverse.pipeline.assistant import ModaVerse
 
 from . import media_factory as mf
 from .conftest import IB
@@ -68,12 +68,12 @@ def test_streamed_text_is_the_reply(tiny_pipe):
     assert "".join(chunks) == turn.text.rstrip("\ufffd")
 
 
-def test_text_field_prefix_decodes_partial_json():
-    assert text_field_prefix('{"text":"a\\nb \\"q\\" \\u00e9') == 'a\nb "q" é'
-    assert text_field_prefix('{"text":"ab\\') == "ab"  # an escape cut in half waits
-    assert text_field_prefix('{"text":"ab\\u00') == "ab"
-    assert text_field_prefix('{"text":"done","invocations":[') == "done"
-    assert text_field_prefix('{"te') == ""
+def test_text_prefix_decodes_partial_json():
+    assert meta.text_prefix('{"text":"a\\nb \\"q\\" \\u00e9') == 'a\nb "q" é'
+    assert meta.text_prefix('{"text":"ab\\') == "ab"  # an escape cut in half waits
+    assert meta.text_prefix('{"text":"ab\\u00') == "ab"
+    assert meta.text_prefix('{"text":"done","invocations":[') == "done"
+    assert meta.text_prefix('{"te') == ""
 
 
 def test_overflowing_history_is_trimmed_with_a_warning(caplog):
@@ -106,9 +106,11 @@ def test_request_errors(tiny_pipe, tmp_path):
 
 
 def test_zoo_capabilities_reach_the_pipeline():
-    pipe = ModaVerse.from_config("tiny", ["zoo.image-editing.plugin=instruct-pix2pix", "prompt.system=null"])
-    assert "image-editing" in pipe.capabilities
-    assert "image-editing" in pipe.prompts.system
+    """A zoo key that is not a capability yet adds one: the system prompt and the grammar name it."""
+    pipe = ModaVerse.from_config("tiny", ["zoo.image-variation.plugin=tiny-instruct-pix2pix", "prompt.system=null"])
+    assert pipe.capabilities[-1] == "image-variation"
+    assert "image-variation" in pipe.prompts.system
+    assert "image-variation" in pipe.grammar.capabilities
 
 
 def test_history_without_stored_embeddings_is_encoded_again(tiny_pipe):

@@ -4,9 +4,8 @@ import pytest
 import torch
 
 from modaverse.config import PromptConfig
-from modaverse.llm import tiny_tokenizer
-from modaverse.modality import MODALITIES
-from modaverse.prompt import (
+from modaverse.core.modality import MODALITIES
+from modaverse.llm.prompt import (
     PLACEHOLDER,
     Message,
     PromptBuilder,
@@ -15,6 +14,7 @@ from modaverse.prompt import (
     marker_tokens,
     place_media,
 )
+from modaverse.tiny.tokenizer import tokenizer as tiny_tokenizer
 
 ANSWER = '{"text":"ok","invocations":[]}'
 

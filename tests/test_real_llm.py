@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modaverse.errors import ModaverseError
+from modaverse.core.errors import ModaverseError
 
 from .conftest import IB, run_cli
 
@@ -109,9 +109,9 @@ def test_gguf_is_converted_once_and_the_grammar_tables_are_cached():
     import llguidance.hf
     from transformers import AutoTokenizer
 
-    from modaverse import meta
-    from modaverse.constrain import MetaGrammar
-    from modaverse.llm_source import SOURCE, resolve
+    from modaverse.llm.source import SOURCE, resolve
+    from modaverse.meta import schema as meta
+    from modaverse.meta.grammar import MetaGrammar
 
     folder = resolve(SMOL)
     assert (Path(folder) / SOURCE).is_file() and resolve(SMOL) == folder
@@ -134,7 +134,7 @@ def test_gguf_is_converted_once_and_the_grammar_tables_are_cached():
 
 def test_unknown_llm_is_refused_before_loading():
     from modaverse.config import LLMConfig
-    from modaverse.llm import load_llm
+    from modaverse.llm.model import load_llm
 
     with pytest.raises(ModaverseError, match="set llm.model"):
         load_llm(LLMConfig(device="cpu"), ["<Image>"])
@@ -143,8 +143,8 @@ def test_unknown_llm_is_refused_before_loading():
 def test_from_pretrained_rebuilds_the_run_and_merges_it(smol_run):
     """The Python API takes the run folder alone; the LoRA and marker rows are folded into the
     base weights, so nothing is rebuilt per forward pass."""
-    from modaverse.llm import MarkerRows
-    from modaverse.pipeline import ModaVerse
+    from modaverse.llm.model import MarkerRows
+    from modaverse.pipeline.assistant import ModaVerse
 
     run, _ = smol_run
     pipe = ModaVerse.from_pretrained(run, ["generation.max_new_tokens=96"])

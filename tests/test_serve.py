@@ -238,7 +238,7 @@ def test_uploads_after_the_first_turn_join_the_conversation(tiny_pipe, picture, 
 
 
 def test_bomb_uploads_are_422_and_the_server_carries_on(server, picture, tmp_path):
-    from .test_hostile_media import jpeg_declaring, png_declaring
+    from .media_factory import jpeg_declaring, png_declaring
 
     png_declaring(tmp_path / "bomb.png", 40000, 40000)  # over Pillow's own limit
     jpeg_declaring(tmp_path / "big.jpg", 8000, 8000)  # 64 MP: over media.max_pixels only

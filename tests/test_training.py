@@ -14,14 +14,14 @@ import torch
 
 from modaverse import checkpoint
 from modaverse.config import load_config
+from modaverse.core.errors import WeightsError
+from modaverse.data.conversation import IGNORE, messages, tokenize
 from modaverse.data.records import parse_record, read_records
 from modaverse.data.synth import synthesize
-from modaverse.errors import WeightsError
-from modaverse.prompt import Message, PromptBuilder, PromptError
-from modaverse.training.examples import IGNORE, build_examples, messages, tokenize
+from modaverse.llm.prompt import Message, PromptBuilder, PromptError
+from modaverse.training.examples import build_examples
 
-from .conftest import IB, run_cli
-from .test_cli import _one_line_error
+from .conftest import IB, one_line_error, run_cli
 
 #: A few-second run of the tiny profile: small batches, few steps, its own feature cache.
 FAST = ["train.batch_size=4", "train.log_every=1", "train.lr=3e-3"]
@@ -39,8 +39,8 @@ def _fast(synth, cache, *more):
 
 
 def _builder(max_context=None):
-    from modaverse.llm import tiny_tokenizer
-    from modaverse.prompt import marker_tokens
+    from modaverse.llm.prompt import marker_tokens
+    from modaverse.tiny.tokenizer import tokenizer as tiny_tokenizer
 
     config = load_config("tiny", [f"prompt.max_context={max_context}"] if max_context else [])
     tok = tiny_tokenizer()
@@ -103,7 +103,7 @@ def test_long_history_is_trimmed_and_overlong_records_dropped():
 
 
 def test_feature_cache_encodes_each_file_once(tmp_path, tiny_pipe):
-    from modaverse.features import FeatureCache, file_key
+    from modaverse.encoder.features import FeatureCache, file_key
 
     a = tmp_path / "a.png"
     shutil.copy(IB / "image_a.png", a)
@@ -123,7 +123,7 @@ def test_feature_cache_encodes_each_file_once(tmp_path, tiny_pipe):
 
 
 def test_checkpoint_round_trip_and_strict_keys(tmp_path):
-    from modaverse.pipeline import build_trainable
+    from modaverse.pipeline.assistant import build_trainable
 
     config = load_config("tiny", ["checkpoint=null"])
     llm, adaptors = build_trainable(config, 32)
@@ -171,7 +171,7 @@ def test_train_learns_saves_and_refuses_to_mix_runs(synth, tmp_path):
     losses = [float(line.split(" loss ")[1].split()[0]) for line in r.stderr.splitlines() if " loss " in line]
     assert len(losses) == 12 and losses[-1] < losses[0]
     # the trained tensors really changed and the run's folder loads into the assistant
-    from modaverse.pipeline import ModaVerse
+    from modaverse.pipeline.assistant import ModaVerse
 
     pipe = ModaVerse.from_config(load_config("tiny-train", [f"checkpoint={run}"]))
     got = {f"llm.{k}": v for k, v in pipe.llm.model.state_dict().items()}
@@ -183,7 +183,7 @@ def test_train_learns_saves_and_refuses_to_mix_runs(synth, tmp_path):
     before = (run / "final" / checkpoint.WEIGHTS).read_bytes()
     r = run_cli("train", "--config", "tiny-train", "--output-dir", run, "--max-steps", "2",
                 *[f"--set={s}" for s in _fast(synth, tmp_path / "cache")])
-    _one_line_error(r, str(run), "already holds a training run", "--resume")
+    one_line_error(r, str(run), "already holds a training run", "--resume")
     assert (run / "final" / checkpoint.WEIGHTS).read_bytes() == before
     # (--resume into a folder with no checkpoint starts the run: test_short_runs_are_short_and_restart_cleanly)
 
@@ -247,7 +247,7 @@ def test_eval_invocations_cli(synth, tmp_path):
     assert result["items"] == n
     assert 0 <= result["prompt_exact_match"] <= result["capability_accuracy"] <= 1
     assert sum(v["items"] for v in result["per_capability"].values()) == n
-    _one_line_error(run_cli("eval", "invocations", "--data", synth / "test.jsonl", "--checkpoint",
+    one_line_error(run_cli("eval", "invocations", "--data", synth / "test.jsonl", "--checkpoint",
                             tmp_path / "nothing"), "no such checkpoint folder")
     # ids are optional: the same records without them score the same (BLEU was keyed by id, so every
     # id-less record collided on None and only the last was scored), and every mistake can be written
@@ -267,7 +267,7 @@ def test_eval_invocations_cli(synth, tmp_path):
 
 def test_shipped_tiny_checkpoint_answers_synthetic_inputs(tmp_path):
     """The offline default is trained: on new synthetic inputs it picks the right generator and prompt."""
-    from modaverse.evaluate import evaluate_invocations
+    from modaverse.evaluation.invocations import evaluate_invocations
 
     root = tmp_path / "held-out"
     synthesize(root, num=120, seed=1234, test_fraction=1.0)
@@ -307,7 +307,7 @@ OFFICIAL_SET = ["--set", "checkpoint=null", "--set", "trainable.llm=lora", "--se
 def test_import_official_checkpoint(tmp_path, suffix):
     from safetensors.torch import load_file
 
-    from modaverse.pipeline import ModaVerse
+    from modaverse.pipeline.assistant import ModaVerse
 
     config = load_config("tiny", [s for s in OFFICIAL_SET if s != "--set"])
     state = _official_state(config, suffix, 512)
@@ -345,15 +345,15 @@ def test_import_checkpoint_errors_name_the_problem(tmp_path):
     state["LLM.base_model.model.model.layers.0.mlp.gate_proj.weight"] = torch.randn(2, 2)
     src = tmp_path / "bad.pt"
     torch.save(state, src)
-    _one_line_error(run_cli("import-checkpoint", src, "--output", tmp_path / "o", *OFFICIAL_SET),
+    one_line_error(run_cli("import-checkpoint", src, "--output", tmp_path / "o", *OFFICIAL_SET),
                     "release keys not understood", "mlp.gate_proj")
     del state["LLM.base_model.model.model.layers.0.mlp.gate_proj.weight"]
     del state["LLM.base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"]
     torch.save(state, src)
-    _one_line_error(run_cli("import-checkpoint", src, "--output", tmp_path / "o", *OFFICIAL_SET),
+    one_line_error(run_cli("import-checkpoint", src, "--output", tmp_path / "o", *OFFICIAL_SET),
                     "nothing in the release for", "layers.0.self_attn.q_proj.lora_A")
     torch.save({"something": torch.zeros(1)}, src)
-    _one_line_error(run_cli("import-checkpoint", src, "--output", tmp_path / "o", *OFFICIAL_SET),
+    one_line_error(run_cli("import-checkpoint", src, "--output", tmp_path / "o", *OFFICIAL_SET),
                     "not the ModaVerse release layout")
     assert not (tmp_path / "o").exists()
 
@@ -384,10 +384,10 @@ def test_short_runs_are_short_and_restart_cleanly(synth, tmp_path):
     # finished, with no step checkpoint: neither flag is told to use the other
     for flag in ([], ["--resume"]):
         again = run_cli(*args, *flag)
-        _one_line_error(again, str(run), "--overwrite")
+        one_line_error(again, str(run), "--overwrite")
         assert "pass --resume" not in again.stderr
     # --overwrite with bad input is refused before the earlier run is touched
-    _one_line_error(run_cli(*args, "--overwrite", "--set", f"train.data={tmp_path / 'missing.jsonl'}"),
+    one_line_error(run_cli(*args, "--overwrite", "--set", f"train.data={tmp_path / 'missing.jsonl'}"),
                     "missing.jsonl", "no such file")
     assert (run / "final" / checkpoint.MANIFEST).is_file() and (run / "summary.json").is_file()
     r = run_cli(*args, "--overwrite")

@@ -20,10 +20,10 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from modaverse import meta
+from modaverse.core.errors import ModaverseError
+from modaverse.core.modality import PLACEHOLDER
 from modaverse.data.records import Record, RecordError, assistant, parse_record, user
-from modaverse.errors import ModaverseError
-from modaverse.modality import PLACEHOLDER
+from modaverse.meta import schema as meta
 
 #: The official release's target modality -> our capability (None: a text reply).
 OFFICIAL_TARGETS = {"text": None, "image": "text-to-image", "video": "text-to-video", "audio": "text-to-audio"}

@@ -23,28 +23,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from modaverse import meta
-from modaverse.errors import ModaverseError
-from modaverse.jsonl import numbered_lines
-from modaverse.modality import PLACEHOLDER, Modality
+from modaverse.core.errors import ModaverseError
+from modaverse.core.jsonl import numbered_lines
+from modaverse.core.modality import PLACEHOLDER, Modality
+from modaverse.core.strict import Strict, reason
+from modaverse.meta import schema as meta
 
 
 class RecordError(ModaverseError):
     """A record that cannot be used; the message names the file, the line and the reason."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class MediaRef(_Strict):
+class MediaRef(Strict):
     path: str = Field(min_length=1, description="file path, relative to the JSONL file's folder")
     modality: Modality | None = Field(None, description="null = detected from the file")
 
 
-class UserMessage(_Strict):
+class UserMessage(Strict):
     role: Literal["user"]
     text: str = Field("", description=f"the instruction; {PLACEHOLDER} marks where each input goes")
     media: list[MediaRef] = Field(default_factory=list, description="inputs of this message, in order")
@@ -59,7 +56,7 @@ class UserMessage(_Strict):
         return self
 
 
-class AssistantMessage(_Strict):
+class AssistantMessage(Strict):
     role: Literal["assistant"]
     meta_response: meta.MetaResponse = Field(description="the target: reply text plus invocations")
 
@@ -67,7 +64,7 @@ class AssistantMessage(_Strict):
 Message = Annotated[UserMessage | AssistantMessage, Field(discriminator="role")]
 
 
-class Record(_Strict):
+class Record(Strict):
     """One training conversation."""
 
     id: str | None = Field(None, description="any identifier, reported with errors")
@@ -98,7 +95,7 @@ def parse_record(obj: object, caps: Iterable[str] = meta.BUILTIN_CAPABILITIES) -
     try:
         return Record.model_validate(obj, context={"capabilities": tuple(caps)})
     except ValidationError as e:
-        raise RecordError(meta.reason(e)) from None
+        raise RecordError(reason(e)) from None
 
 
 @dataclass(frozen=True)

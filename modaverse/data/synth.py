@@ -159,7 +159,7 @@ def _canvas(item: Item, size: int, cx: float, cy: float, r: float) -> np.ndarray
 def write_image(item: Item, path: Path, rng: random.Random) -> None:
     from PIL import Image
 
-    from modaverse.atomic import write_atomic
+    from modaverse.core.atomic import write_atomic
 
     s = IMAGE_SIZE
     arr = _canvas(item, s, s / 2 + rng.uniform(-3, 3), s / 2 + rng.uniform(-3, 3), rng.uniform(0.32, 0.34) * s)
@@ -167,7 +167,7 @@ def write_image(item: Item, path: Path, rng: random.Random) -> None:
 
 
 def write_video(item: Item, path: Path, rng: random.Random) -> None:
-    from model_zoo.writers import encode_video
+    from modaverse.media.writers import encode_video
 
     s, r = VIDEO_SIZE, rng.uniform(0.22, 0.3) * VIDEO_SIZE
     cy, direction = s / 2 + rng.uniform(-5, 5), rng.choice((-1, 1))
@@ -177,7 +177,7 @@ def write_video(item: Item, path: Path, rng: random.Random) -> None:
 
 
 def write_audio(item: Item, path: Path, rng: random.Random) -> None:
-    from model_zoo.writers import encode_wav
+    from modaverse.media.writers import encode_wav
 
     n = int(AUDIO_RATE * AUDIO_SECONDS)
     t = np.arange(n) / AUDIO_RATE
@@ -237,7 +237,7 @@ def synthesize(out_dir: str | Path, num: int = 1200, seed: int = 0, test_fractio
     training file, so the held-out score is about unseen inputs. ``per_input`` conversations
     (of different kinds) share each input file.
     """
-    from modaverse.atomic import write_text_atomic
+    from modaverse.core.atomic import write_text_atomic
     from modaverse.data.records import parse_record, record_line
 
     out_dir = Path(out_dir)
@@ -291,7 +291,7 @@ def write_benchmark_set(out_dir: str | Path, modality: str, num: int = 6, seed: 
     Two captions per item (the synthetic caption and a shorter one), so caption metrics
     have several references, as COCO, AudioCaps and MSR-VTT do.
     """
-    from modaverse.atomic import write_text_atomic
+    from modaverse.core.atomic import write_text_atomic
 
     out_dir = Path(out_dir)
     (out_dir / modality).mkdir(parents=True, exist_ok=True)

@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from modaverse import meta
 from modaverse.config import Config
+from modaverse.core.errors import MediaError
 from modaverse.data.records import media_path, read_lines
-from modaverse.errors import MediaError
+from modaverse.meta import schema as meta
 
 
 @dataclass(frozen=True)
@@ -32,17 +32,13 @@ class Problem:
     reason: str
 
 
-def prompt_builder(config: Config):
-    """The training prompt builder, with only the tokenizer loaded (no model weights)."""
-    from modaverse import checkpoint
-    from modaverse.llm import _load_tokenizer, wrap_bpe
-    from modaverse.llm_source import resolve
-    from modaverse.prompt import marker_tokens
-    from modaverse.training.examples import training_builder
+def prompt_builder(config: Config, tok):
+    """The training prompt builder over the LLM's tokenizer ``tok`` (no model weights are loaded)."""
+    from modaverse.data.conversation import training_builder
+    from modaverse.llm.prompt import marker_tokens
+    from modaverse.llm.source import resolve
 
     source = resolve(config.llm.model) if config.llm.model is not None else None
-    saved = checkpoint.saved_tokenizer(config.checkpoint) if config.checkpoint and source is None else None
-    tok = wrap_bpe(saved) if saved else _load_tokenizer(config.llm, source)
     if tok.pad_token is None:
         tok.pad_token = tok.unk_token or tok.eos_token
     tok.add_tokens(marker_tokens(config.encoder.modalities, config.prompt.compose), special_tokens=True)
@@ -54,14 +50,14 @@ def prompt_builder(config: Config):
     return training_builder(config, tok, model_max)
 
 
-def problems(path: str | os.PathLike, config: Config, decode: bool = True) -> Iterator[Problem | int]:
+def problems(path: str | os.PathLike, config: Config, tokenizer, decode: bool = True) -> Iterator[Problem | int]:
     """Yields each problem, and the number of each good line (for counting)."""
+    from modaverse.data.conversation import messages, tokenize
+    from modaverse.llm.prompt import PromptError
     from modaverse.media import detect_modality, load_media
     from modaverse.media.sniff import check_claim
-    from modaverse.prompt import PromptError
-    from modaverse.training.examples import messages, tokenize
 
-    builder = prompt_builder(config)
+    builder = prompt_builder(config, tokenizer)
     caps = meta.capabilities(config.zoo)
     decoded: set[Path] = set()
     for line in read_lines(path, caps):
@@ -95,11 +91,14 @@ def problems(path: str | os.PathLike, config: Config, decode: bool = True) -> It
         yield line.number
 
 
-def report(path: str | os.PathLike, config: Config, limit: int = 50,
+def report(path: str | os.PathLike, config: Config, tokenizer, limit: int = 50,
            decode: bool = True) -> tuple[list[str], Counter, int]:
-    """Report lines (``FILE:LINE: kind: reason``), counts per kind, and the number of good records."""
+    """Report lines (``FILE:LINE: kind: reason``), counts per kind, and the number of good records.
+
+    ``tokenizer`` is the LLM's (the caller picks it: a checkpoint's, the model's, the tiny kit's).
+    """
     lines, counts, good = [], Counter(), 0
-    for item in problems(path, config, decode):
+    for item in problems(path, config, tokenizer, decode):
         if isinstance(item, int):
             good += 1
             continue

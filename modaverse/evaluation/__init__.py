@@ -1,5 +1,1 @@
-"""The papers' benchmarks: reference metric implementations, wrapped with checked inputs.
-
-- :mod:`.captions`: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE and SPIDEr through
-  pycocoevalcap, the implementation the published numbers come from.
-"""
+"""How well a model does: invocation accuracy on held-out instruction data (:mod:`.invocations`) and the papers' benchmarks (:mod:`.paper`)."""

@@ -31,15 +31,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from modaverse import meta
+from modaverse.core.errors import ModaverseError
+from modaverse.core.jsonl import drop_partial_line, json_objects, numbered_lines
 from modaverse.data.records import Record, RecordError, parse_record, record_line
-from modaverse.errors import ModaverseError
 from modaverse.instruct.dedup import NearDuplicates
 from modaverse.instruct.replies import Rejected, not_a_completion, reply_schema, to_record
 from modaverse.instruct.settings import Settings
 from modaverse.instruct.sources import Templates, load_captions, load_references, load_seeds, load_templates
 from modaverse.instruct.tasks import Planner, Task, messages
-from modaverse.jsonl import drop_partial_line, json_objects, numbered_lines
+from modaverse.meta import schema as meta
 
 log = logging.getLogger("modaverse.instructions")
 

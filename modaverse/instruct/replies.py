@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from modaverse import meta
 from modaverse.data.records import Record, RecordError, parse_record, user
 from modaverse.instruct.sources import kind_problem
 from modaverse.instruct.tasks import Task
+from modaverse.meta import schema as meta
 
 
 class Rejected(Exception):
@@ -33,31 +32,36 @@ class Reply(BaseModel):
     response: meta.MetaResponse
 
 
+def _strict_subset(node: dict, defs: dict) -> dict:
+    """A node of the meta-response schema in the subset strict structured outputs accept:
+    references inlined, only required properties, and no optional keywords (bounds, lengths)."""
+    node = defs[node["$ref"].rsplit("/", 1)[-1]] if "$ref" in node else node
+    out = {k: node[k] for k in ("type", "enum") if k in node}
+    if node.get("type") == "object":
+        required = list(node.get("required", []))
+        out |= {"properties": {k: _strict_subset(node["properties"][k], defs) for k in required},
+                "required": required, "additionalProperties": False}
+    elif node.get("type") == "array":
+        out["items"] = _strict_subset(node["items"], defs)
+    return out
+
+
 def reply_schema(caps: Sequence[str]) -> dict:
-    """The ``response_format`` JSON schema, in the subset strict structured outputs accept.
+    """The ``response_format`` JSON schema: an instruction, and a response derived from the meta-response schema.
 
     Strict mode needs every property required and no optional keywords, so render
     parameters and length limits are left out here and enforced by :class:`Reply` instead.
     """
-
-    def obj(**props) -> dict:
-        return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
-
+    response = meta.json_schema(caps)
     text = {"type": "string"}
-    call = obj(capability={"type": "string", "enum": list(caps)}, prompt=text)
-    return obj(instruction=text, response=obj(text=text, invocations={"type": "array", "items": call}))
-
-
-_FENCE = re.compile(r"```(?:json)?\s*(\{.*\})\s*```", re.S)
+    return {"type": "object", "properties": {"instruction": text, "response": _strict_subset(response, response["$defs"])},
+            "required": ["instruction", "response"], "additionalProperties": False}
 
 
 def _json_object(content: str) -> object:
     """The JSON object in a reply; without structured outputs, models wrap it in fences or prose."""
-    body = content.strip()
-    fenced = _FENCE.search(body)
-    if fenced:
-        body = fenced.group(1)
-    elif not body.startswith("{") and "{" in body and "}" in body[body.index("{"):]:
+    body = meta.unfence(content)
+    if not body.startswith("{") and "{" in body and "}" in body[body.index("{"):]:
         body = body[body.index("{"): body.rindex("}") + 1]
     try:
         return json.loads(body)

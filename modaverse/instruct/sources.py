@@ -21,7 +21,6 @@ from typing import Literal, TypeVar
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -31,10 +30,11 @@ from pydantic import (
 
 from instructions import KINDS
 from instructions import ROOT as SHIPPED
-from modaverse import meta
-from modaverse.errors import ModaverseError
-from modaverse.jsonl import numbered_lines
-from modaverse.modality import Modality
+from modaverse.core.errors import ModaverseError
+from modaverse.core.jsonl import numbered_lines
+from modaverse.core.modality import Modality
+from modaverse.core.strict import Strict, reason
+from modaverse.meta import schema as meta
 
 Kind = Literal[KINDS]  # type: ignore[valid-type]
 
@@ -49,14 +49,10 @@ class SourceError(ModaverseError):
     """A captions, references, seeds or template file that cannot be used; names the file and line."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 _ONE_LINE = meta.PROMPT_PATTERN
 
 
-class Caption(_Strict):
+class Caption(Strict):
     """A candidate description: a media file and what it shows or sounds like."""
 
     modality: Modality
@@ -64,7 +60,7 @@ class Caption(_Strict):
     caption: str = Field(min_length=1, max_length=1000, pattern=_ONE_LINE)
 
 
-class Reference(_Strict):
+class Reference(Strict):
     """A language reference: one prompt from a generator's training data."""
 
     capability: str
@@ -79,12 +75,12 @@ class Reference(_Strict):
         return v
 
 
-class SeedInput(_Strict):
+class SeedInput(Strict):
     modality: Modality
     caption: str = Field(min_length=1, pattern=_ONE_LINE)
 
 
-class Seed(_Strict):
+class Seed(Strict):
     """A hand-written example pair; its inputs are captions, as in the requests it appears in."""
 
     kind: Kind
@@ -138,7 +134,7 @@ def _read(path: Path, model: type[M], what: str, context: dict | None = None) ->
         except json.JSONDecodeError as e:
             raise SourceError(f"{path}:{number}: invalid JSON ({e.msg} at column {e.colno})") from None
         except ValidationError as e:
-            raise SourceError(f"{path}:{number}: {meta.reason(e)}") from None
+            raise SourceError(f"{path}:{number}: {reason(e)}") from None
     if not out:
         raise SourceError(f"{path}: no {what} in the file")
     return out

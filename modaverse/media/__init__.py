@@ -2,7 +2,7 @@
 
 :func:`load_media` is the one entry point: it finds a file's modality (extension, then
 content), decodes it with Pillow / soundfile / PyAV / numpy, and reproduces upstream
-ImageBind's preprocessing. Every failure is a :class:`~modaverse.errors.MediaError` whose
+ImageBind's preprocessing. Every failure is a :class:`~modaverse.core.errors.MediaError` whose
 message names the file and the reason.
 """
 
@@ -14,27 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
-from modaverse.errors import MediaError
-from modaverse.media.audio import AudioSpec, load_audio
-from modaverse.media.image import MAX_PIXELS, load_image
+from modaverse.config import MediaConfig
+from modaverse.core.errors import MediaError
+from modaverse.core.modality import INPUT_SHAPE, MODALITIES
+from modaverse.media.audio import load_audio
+from modaverse.media.image import load_image
 from modaverse.media.sensors import array_shape, load_array, load_depth, load_imu, load_thermal
 from modaverse.media.sniff import check_file, container_modality
-from modaverse.media.video import VideoSpec, load_video
-from modaverse.modality import INPUT_SHAPE, MODALITIES
-
-
-class MediaConfig(BaseModel):
-    """Preprocessing settings (``media:`` in a config); defaults reproduce ImageBind."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    image_size: int = Field(224, description="side of the square crop for images, depth and thermal")
-    audio: AudioSpec = AudioSpec()
-    video: VideoSpec = VideoSpec()
-    depth_scale: float = Field(0.001, description="16-bit depth PNG units -> metres (0.001 for millimetres)")
-    max_pixels: int = Field(MAX_PIXELS, ge=1, description="largest image (width x height) decoded; bigger ones "
-                            "are refused from their header, before any decoding")
+from modaverse.media.video import load_video
 
 
 @dataclass(frozen=True)

@@ -18,26 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
-from modaverse.errors import MediaError
+from modaverse.config import AudioSpec
+from modaverse.core.errors import MediaError
 from modaverse.media.clips import clip_timepoints
 from modaverse.media.sniff import check_complete, declared_seconds, decoding
 
 KALDI_EPS = float(np.finfo(np.float32).eps)
-
-
-class AudioSpec(BaseModel):
-    """Filterbank settings; the defaults are ImageBind's."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    sample_rate: int = Field(16000, description="audio is resampled to this rate (Hz)")
-    num_mel_bins: int = Field(128, description="Kaldi filterbank bins")
-    target_length: int = Field(204, description="frames per clip after zero-padding/cropping")
-    clip_duration: float = Field(2.0, description="seconds per clip")
-    clips: int = Field(3, description="clips per file, spread from start to end")
-    mean: float = Field(-4.268, description="filterbank normalisation mean")
-    std: float = Field(9.138, description="filterbank normalisation std")
 
 
 def decode_audio(path: str | Path) -> tuple[np.ndarray, int]:

@@ -14,14 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from modaverse.errors import MediaError
-
-#: Pixels an image may declare before anything is decoded (``media.max_pixels``). 50 MP admits
-#: ordinary camera photos (48 MP phone sensors at full resolution) and bounds what one decode
-#: can allocate, whatever the file's bit depth or palette: RGB at 4 bytes a pixel is 200 MB.
-#: Pillow's own bomb limit (89 MP warns, 179 MP refuses) lets a 17 KB 1-bit PNG of 12000 x
-#: 12000 cost 680 MB, and its refusal is a traceback; both become this one-line error.
-MAX_PIXELS = 50_000_000
+from modaverse.config import MAX_PIXELS
+from modaverse.core.errors import MediaError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modaverse.errors import MediaError
-from modaverse.media.image import MAX_PIXELS, open_image, resize_center_crop
+from modaverse.config import MAX_PIXELS
+from modaverse.core.errors import MediaError
+from modaverse.media.image import open_image, resize_center_crop
 
 IMU_CHANNELS, IMU_LENGTH = 6, 2000
 

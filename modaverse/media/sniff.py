@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from modaverse.errors import MediaError
+from modaverse.core.errors import MediaError
 
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 VIDEO_EXT = {".mp4", ".webm", ".mkv", ".mov", ".avi"}

@@ -15,23 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
-from modaverse.errors import MediaError
+from modaverse.config import VideoSpec
+from modaverse.core.errors import MediaError
 from modaverse.media.clips import clip_timepoints
 from modaverse.media.image import normalize
 from modaverse.media.sniff import check_complete, declared_seconds, decoding
-
-
-class VideoSpec(BaseModel):
-    """Clip sampling settings; the defaults are ImageBind's."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    clip_duration: float = Field(2.0, description="seconds per clip")
-    clips: int = Field(5, description="clips per file, spread from start to end")
-    frames_per_clip: int = Field(2, description="frames kept per clip (uniform subsampling)")
-    size: int = Field(224, description="side of the square crops")
-    crops: int = Field(3, description="spatial crops per clip along the longer side")
 
 
 def select_frames(num_frames: int, fps: float, spec: VideoSpec) -> list[list[int]]:

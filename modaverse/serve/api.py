@@ -29,7 +29,8 @@ from pydantic import BaseModel, Field
 
 from modaverse import __version__
 from modaverse.config import MIN_NEW_TOKENS, Config
-from modaverse.errors import ModaverseError
+from modaverse.core.errors import ModaverseError
+from modaverse.pipeline.assistant import check_inputs
 from modaverse.serve.service import (
     MEDIA_TYPES,
     Busy,
@@ -116,7 +117,7 @@ def create_app(config: Config, outputs: Path, limits: Limits | None = None, *, u
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from modaverse.pipeline import ModaVerse
+        from modaverse.pipeline.assistant import ModaVerse
 
         log.info("loading %s", config.name)
         app.state.service = Service(pipe or ModaVerse.from_config(config), outputs, limits)
@@ -156,8 +157,11 @@ def create_app(config: Config, outputs: Path, limits: Limits | None = None, *, u
         kinds = [m.strip() or None for m in modalities.split(",")] if modalities else [None] * len(files)
         if len(kinds) != len(files):
             raise HTTPException(422, f"modalities lists {len(kinds)} entries for {len(files)} files")
-        if not instruction.strip() and not files:
-            raise HTTPException(422, "empty request: give an instruction, files, or both")
+        try:  # the pipeline's own checks, before a request is queued or a file saved
+            check_inputs(instruction, files, temperature=temperature, max_new_tokens=max_new_tokens,
+                         seed=seed)
+        except ModaverseError as e:
+            raise HTTPException(422, str(e)) from None
         try:
             check_uploads([(f.filename or "upload", f.size or 0, kind) for f, kind in zip(files, kinds, strict=True)],
                           limits)

@@ -20,9 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from modaverse.errors import ModaverseError
+from modaverse.core.errors import ModaverseError
+from modaverse.core.modality import MODALITIES
 from modaverse.media.sniff import SUPPORTED
-from modaverse.modality import MODALITIES
 
 ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
@@ -71,7 +71,7 @@ class Settings:
 @dataclass
 class Result:
     id: str
-    turn: object  # modaverse.pipeline.Turn
+    turn: object  # modaverse.pipeline.assistant.Turn
     folder: Path
     queued_s: float
 

@@ -14,9 +14,9 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from modaverse.errors import ModaverseError
+from modaverse.core.errors import ModaverseError
+from modaverse.core.modality import MODALITIES
 from modaverse.media.sniff import SUPPORTED
-from modaverse.modality import MODALITIES
 from modaverse.serve.service import Limits, Settings, UploadError, check_uploads
 
 AUTO = "auto"

@@ -29,3 +29,10 @@ class EchoText:
 
     def memory_bytes(self):
         return 0
+
+
+class HalfAGenerator:
+    """Registered like a generator but without its methods: the zoo must refuse it, in one line."""
+
+    name = "half-a-generator"
+    options = frozenset()

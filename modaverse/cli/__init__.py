@@ -1,0 +1,1 @@
+"""Stage 9: the ``modaverse`` command, one module per command group."""

@@ -1,0 +1,122 @@
+"""``eval``: the paper's benchmarks (run, list, captions, generation) and invocation accuracy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from modaverse.cli.common import Parser, add_checkpoint_arg, add_config_args, load, positive_int
+from modaverse.core.errors import ModaverseError
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Benchmarks: `run` (a paper table), `list`, `captions`, `generation`, `invocations`."""
+    if args.benchmark == "list":
+        from modaverse.evaluation.paper.tasks import BENCHMARKS
+
+        for b in BENCHMARKS.values():
+            paper = ", ".join(f"{c.header} {c.paper}" for c in b.columns)
+            print(f"{b.name:15s} {b.title}: {paper}\n{'':15s} request: {b.instruction}")
+        return 0
+    if args.benchmark == "captions":
+        from modaverse.evaluation.paper.captions import read_predictions, read_references, score
+
+        result = score(read_predictions(args.predictions), read_references(args.references),
+                       spice=not args.no_spice)
+    elif args.benchmark == "generation":
+        from modaverse.config import load_config
+        from modaverse.evaluation.paper.extractors import Extractors
+        from modaverse.evaluation.paper.generation import read_side, score
+
+        # Scoring outside a run defaults to the published feature networks, never the tiny profile's random ones.
+        config = load_config(args.config or "modaverse-7b", args.overrides)
+        result = score(args.kind, read_side(args.generated, args.kind, "generated"),
+                       read_side(args.reference, args.kind, "reference"), Extractors(config.eval),
+                       seed=config.eval.seed)
+    elif args.benchmark == "run":
+        from modaverse.evaluation.paper.runner import run_benchmark
+
+        config = load(args)
+        out = Path(args.output or Path("runs") / "eval" / args.name)
+        try:
+            result = run_benchmark(args.name, args.data, config, out, limit=args.limit, spice=not args.no_spice)
+        except KeyboardInterrupt:
+            print(f"modaverse: interrupted; {out / 'predictions.jsonl'} keeps every finished item; "
+                  "rerun the same command to continue", file=sys.stderr)
+            return 130
+        print((out / "results.md").read_text(), file=sys.stderr)
+        print(f"wrote {out / 'results.md'} and {out / 'results.json'}", file=sys.stderr)
+        result = {k: v for k, v in result.items() if k != "notes"}  # the table above lists them
+    else:
+        from modaverse.evaluation.invocations import evaluate_invocations
+
+        if not Path(args.data).is_file():
+            raise ModaverseError(f"{args.data}: no such file")
+        result = evaluate_invocations(load(args), args.data, limit=args.limit)
+        every = result.pop("all_mistakes")
+        if args.mistakes:
+            from modaverse.core.atomic import write_text_atomic
+
+            write_text_atomic(Path(args.mistakes), "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in every))
+            print(f"wrote all {len(every)} mistake(s) to {args.mistakes}", file=sys.stderr)
+        elif len(every) > len(result["first_mistakes"]):
+            print(f"modaverse: note: {len(every)} mistakes, the first {len(result['first_mistakes'])} shown; "
+                  "--mistakes PATH writes them all", file=sys.stderr)
+    for note in result.get("notes", []):
+        print(f"modaverse: note: {note}", file=sys.stderr)
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a model: the paper's benchmarks and their metrics",
+                       description="run: reproduce one of the paper's tables over a local dataset copy. "
+                       "captions / generation: score existing outputs. invocations: meta-response accuracy. "
+                       "See docs/evaluation.md.")
+    esub = p.add_subparsers(dest="benchmark", metavar="COMMAND", required=True, parser_class=Parser)
+    from modaverse.evaluation.paper.tasks import BENCHMARKS
+
+    q = esub.add_parser("run", help="run a paper benchmark and write its table",
+                        description="Drives the assistant over DIR (DIR/annotations.jsonl: one "
+                        '{"id", "file", "captions": [...]} per item, files relative to DIR), appending each '
+                        "prediction to OUT/predictions.jsonl as it comes (a rerun resumes), then writes "
+                        "OUT/results.json and OUT/results.md with the paper's figures beside ours.")
+    q.add_argument("name", metavar="BENCHMARK", choices=list(BENCHMARKS), help=" | ".join(BENCHMARKS))
+    q.add_argument("--data", required=True, metavar="DIR", help="the dataset folder (docs/evaluation.md)")
+    q.add_argument("--limit", type=positive_int, metavar="N", help="only the first N items")
+    q.add_argument("--output", "-o", metavar="OUT", help="run folder (default: runs/eval/BENCHMARK)")
+    q.add_argument("--no-spice", action="store_true", help="skip SPICE (and so SPIDEr) even when available")
+    add_config_args(q)
+    add_checkpoint_arg(q)
+    q.set_defaults(func=cmd_eval)
+    q = esub.add_parser("list", help="the benchmarks and the paper's figures")
+    q.set_defaults(func=cmd_eval)
+    q = esub.add_parser("captions", help="coco-caption metrics of predicted captions",
+                        description="Scores predictions against references with pycocoevalcap, the code "
+                        "behind published captioning numbers. Files are JSONL or JSON: predictions one "
+                        '{"id", "caption"} per item (COCO results files work as they are), references one '
+                        '{"id", "captions": [...]} per item or a COCO annotation file.')
+    q.add_argument("--predictions", "-p", required=True, metavar="P", help="one predicted caption per item")
+    q.add_argument("--references", "-r", required=True, metavar="R", help="one or more references per item")
+    q.add_argument("--no-spice", action="store_true", help="skip SPICE and SPIDEr (SPICE is slow)")
+    q.set_defaults(func=cmd_eval)
+    q = esub.add_parser("generation", help="FID/IS (images), FID/CLIPSIM (videos), FD/IS (audio)",
+                        description="Scores generated media against reference media. Each side is a folder "
+                        '(all its media files) or a JSONL manifest of {"file", "prompt"} rows; CLIPSIM needs '
+                        "the prompts. Feature-extractor weights are named by the config's eval.* keys.")
+    q.add_argument("--kind", required=True, choices=["image", "video", "audio"], help="what was generated")
+    q.add_argument("--generated", "-g", required=True, metavar="G", help="generated media: folder or manifest")
+    q.add_argument("--reference", "-r", required=True, metavar="R", help="reference media: folder or manifest")
+    add_config_args(q, default="modaverse-7b, whose eval.* keys name the published feature-network weights")
+    q.set_defaults(func=cmd_eval)
+    q = esub.add_parser("invocations", help="capability accuracy and prompt match of meta-responses",
+                        description="For each record of --data, answer the conversation up to its last "
+                        "assistant message and compare: capability accuracy, prompt exact match and BLEU (JSON).")
+    q.add_argument("--data", required=True, metavar="FILE", help="JSONL in the training format")
+    add_config_args(q)
+    add_checkpoint_arg(q)
+    q.add_argument("--limit", type=positive_int, metavar="N", help="score only the first N records")
+    q.add_argument("--mistakes", metavar="PATH", help="write every wrong answer (line, id, expected, got) as JSONL")
+    q.set_defaults(func=cmd_eval)

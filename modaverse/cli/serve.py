@@ -1,0 +1,69 @@
+"""``serve``: the web demo and the REST API on one server."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from modaverse.cli.common import add_checkpoint_arg, add_config_args, load, positive_float, positive_int
+from modaverse.core.errors import ModaverseError
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Web demo and REST API on one server; loopback unless --host says otherwise, never a share link."""
+    import ipaddress
+    import tempfile
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local server
+    import uvicorn
+
+    from modaverse.serve.api import create_app
+    from modaverse.serve.service import Limits
+
+    config = load(args)
+    try:
+        loopback = ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = args.host == "localhost"
+    if not loopback:
+        print(f"modaverse: warning: serving on {args.host}: anyone who can reach this machine can use it "
+              "(there is no authentication)", file=sys.stderr)
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
+        try:  # before the models load: a 7B model should not load only to find the port taken
+            probe.bind((args.host, args.port))
+        except OSError as e:
+            raise ModaverseError(f"cannot serve on {args.host}:{args.port}: {e.strerror or e}; "
+                                 "choose another --port or --host") from None
+    outputs = Path(args.outputs) if args.outputs else Path(tempfile.mkdtemp(prefix="modaverse-serve-"))
+    limits = Limits(args.max_upload_mb, args.max_files, args.queue_size)
+    app = create_app(config, outputs, limits, ui=not args.no_ui)
+    print(f"modaverse: loading {config.name}, then serving http://{args.host}:{args.port} "
+          f"(outputs in {outputs})", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="web demo and REST API on one server",
+                       description="Starts the Gradio chat (at /) and the REST API (POST /v1/generate, "
+                       "GET /v1/outputs/{id}/{name}, GET /healthz, OpenAPI at /docs) on one server. Models load "
+                       "once, before the server answers. It binds 127.0.0.1 unless --host says otherwise and "
+                       "never opens a public share link.")
+    add_config_args(p)
+    add_checkpoint_arg(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=positive_int, default=7860, help="port (default 7860)")
+    p.add_argument("--queue-size", type=positive_int, default=8, metavar="N",
+                   help="requests that may wait for the model; more get 503 at once (default 8)")
+    p.add_argument("--max-upload-mb", type=positive_float, default=50.0, metavar="MB",
+                   help="largest file accepted (default 50)")
+    p.add_argument("--max-files", type=positive_int, default=8, metavar="N", help="files per request (default 8)")
+    p.add_argument("--outputs", metavar="DIR", help="where generated files are kept (default: a new temporary folder)")
+    p.add_argument("--no-ui", action="store_true", help="serve the REST API only")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="server log level (default info)")
+    p.set_defaults(func=cmd_serve)

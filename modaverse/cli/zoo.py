@@ -1,0 +1,81 @@
+"""``render`` (one prompt through one generator) and ``zoo list``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from modaverse.cli.common import add_config_args, default_out_dir, load
+from modaverse.core.errors import ModaverseError
+
+
+def _param(text: str) -> tuple[str, object]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE, e.g. steps=30")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        return key.strip(), value
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    """Render one prompt with one zoo capability (no LLM involved)."""
+    from modaverse.zoo.zoo import Zoo
+
+    if not args.prompt.strip():
+        raise ModaverseError("the prompt is empty")
+    config = load(args)
+    zoo = Zoo.from_config(config)
+    inputs = []
+    if args.input:
+        from modaverse.media import load_media
+        from modaverse.media.sniff import check_file
+
+        check_file(Path(args.input))
+        inputs = [load_media(args.input, None, config.media)]
+    out_dir = Path(args.output_dir) if args.output_dir else default_out_dir("render")
+    files = zoo.render(args.capability, args.prompt, dict(args.params), out_dir, inputs)
+    for f in files:
+        print(f)
+    return 0
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    """List configured capabilities and known plug-ins."""
+    from modaverse.zoo.registry import plugins
+    from modaverse.zoo.zoo import Zoo
+
+    zoo = Zoo.from_config(load(args))
+    print("| capability | plug-in | model | dtype | device | state |\n|---|---|---|---|---|---|")
+    for row in zoo.status():
+        state = "loaded" if row["loaded"] else "not loaded (loads on first use)"
+        print(f"| {row['capability']} | {row['plugin']} | {row['model']} | {row['dtype']} | {row['device']} | {state} |")
+    print("\nplug-ins: " + ", ".join(f"{name} ({where})" for name, where in sorted(plugins().items())))
+    from modaverse.config import list_zoo_presets
+
+    print("presets (--set zoo=NAME): " + ", ".join(list_zoo_presets()))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("render", help="render one prompt with a zoo generator",
+                       description="Run one zoo capability directly: writes the output file(s) and a JSON "
+                       "sidecar each (prompt, parameters, seed, model, time) into the output folder.")
+    p.add_argument("capability", metavar="CAPABILITY", help="e.g. text-to-image; see `modaverse zoo list`")
+    p.add_argument("prompt", metavar="PROMPT")
+    add_config_args(p)
+    p.add_argument("--output-dir", "-o", metavar="D", help="where files go (default: outputs/render-TIME)")
+    p.add_argument("--param", "-p", dest="params", action="append", default=[], type=_param, metavar="KEY=VALUE",
+                   help="render parameter, e.g. -p steps=30 -p seed=7 (bounded; repeatable)")
+    p.add_argument("--input", "-i", metavar="FILE", help="input image for editing capabilities")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("zoo", help="list the configured generators and known plug-ins",
+                       description="`modaverse zoo list`: each capability's plug-in, model, dtype, device and "
+                       "load state, and every plug-in found (built-in and installed entry points).")
+    p.add_argument("action", choices=["list"])
+    add_config_args(p)
+    p.set_defaults(func=cmd_zoo)

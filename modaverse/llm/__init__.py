@@ -1,0 +1,1 @@
+"""Stage 4: the language model: where it comes from, how it is wrapped for training, and how conversations become its prompts."""

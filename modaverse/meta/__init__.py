@@ -1,0 +1,1 @@
+"""Stage 5: the meta-response the LLM writes: its schema, and the grammar that makes decoding produce it."""

@@ -1,0 +1,42 @@
+"""Image editing with InstructPix2Pix: "make it snowy" keeps the input's layout.
+
+Text-to-image re-draws a scene from a caption and loses the input's composition, which
+the ModaVerse paper admits as a failure case (its Fig. 5a). This plug-in edits the turn's
+image input instead. The meta-response still cannot name a file: the image comes from
+the turn's own inputs (the last image attached).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modaverse.core.errors import ModaverseError
+from modaverse.media.writers import write_png
+from modaverse.zoo.base import COMMON_OPTIONS, DiffusersGenerator
+
+
+class InstructPix2Pix(DiffusersGenerator):
+    name = "instruct-pix2pix"
+    pipeline = "StableDiffusionInstructPix2PixPipeline"
+    options = COMMON_OPTIONS | {"image_guidance", "width", "height"}
+
+    def render(self, prompt, params, out_dir: Path, inputs=()) -> list[Path]:
+        from PIL import Image
+
+        from modaverse.media.image import open_image
+
+        images = [i for i in inputs if i.modality == "image"]
+        if not images:
+            raise ModaverseError(f"{self.capability} edits an image, but this turn has no image input "
+                                 "(attach one; to `modaverse render`, give it with -i FILE)")
+        source = open_image(images[-1].path).convert("RGB")  # the same size guard as every decode
+        kwargs = self.common_kwargs(params)
+        # The pipeline edits at the input's own size; width/height (when given) resize it first.
+        size = (kwargs.pop("width", source.width), kwargs.pop("height", source.height))
+        size = (max(64, size[0] // 8 * 8), max(64, size[1] // 8 * 8))
+        if size != source.size:
+            source = source.resize(size, Image.Resampling.BICUBIC)
+        if "image_guidance" in params:
+            kwargs["image_guidance_scale"] = params["image_guidance"]
+        out = self.pipe(prompt=prompt, image=source, **kwargs).images
+        return [write_png(img, out_dir, "edit") for img in out]
