@@ -34,7 +34,8 @@ def _generation_kwargs(args: argparse.Namespace) -> dict:
     kwargs = {"seed": args.seed, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
     if args.unconstrained:
         kwargs["constrained"] = False
-    check_inputs(getattr(args, "instruction", "-"), getattr(args, "inputs", ()), **kwargs)
+    check_inputs(getattr(args, "instruction", "-"), getattr(args, "inputs", ()), max_new_tokens=args.max_new_tokens,
+                 temperature=args.temperature, seed=args.seed)
     return kwargs
 
 

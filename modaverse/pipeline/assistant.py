@@ -146,8 +146,8 @@ class _Stream:
 
 
 def check_inputs(instruction: str, inputs: Sequence[str | os.PathLike | MediaInput] = (), *,
-                 max_new_tokens: int | None = None, temperature: float | None = None, seed: int | None = None,
-                 **_: object) -> None:
+                 max_new_tokens: int | None = None, temperature: float | None = None,
+                 seed: int | None = None) -> None:
     """Everything about a request that can be refused before any model runs, in one line.
 
     The CLI calls it before it builds a model, the server before it queues a request, and

@@ -28,7 +28,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from modaverse import __version__
-from modaverse.config import MIN_NEW_TOKENS, Config
+from modaverse.config import MIN_NEW_TOKENS, Config, GenerationConfig
 from modaverse.core.errors import ModaverseError
 from modaverse.pipeline.assistant import check_inputs
 from modaverse.serve.service import (
@@ -110,6 +110,12 @@ class BodyCap:
         await self.app(scope, counted, send)
 
 
+
+def _limits(name: str) -> dict:
+    """The ``generation:`` section's own bounds on a field: the API documents what check_inputs enforces."""
+    return {k: getattr(m, k) for m in GenerationConfig.model_fields[name].metadata for k in ("ge", "gt", "le", "lt")
+            if getattr(m, k, None) is not None}
+
 def create_app(config: Config, outputs: Path, limits: Limits | None = None, *, ui: bool = True,
                pipe=None) -> FastAPI:
     """The server; the models load when it starts (``pipe`` reuses one already built, for tests)."""
@@ -148,7 +154,7 @@ def create_app(config: Config, outputs: Path, limits: Limits | None = None, *, u
         instruction: Annotated[str, Form(description="the request; <media> marks where each file goes")] = "",
         files: Annotated[list[UploadFile], File(description="inputs: image, video, audio, depth, thermal, IMU")] = [],  # noqa: B006 (FastAPI copies defaults)
         modalities: Annotated[str | None, Form(description="comma-separated modality per file; empty = detect")] = None,
-        temperature: Annotated[float | None, Form(ge=0, le=5, description="0 = greedy; null = the config's")] = None,
+        temperature: Annotated[float | None, Form(**_limits("temperature"), description="0 = greedy; null = the config's")] = None,
         max_new_tokens: Annotated[int | None, Form(ge=MIN_NEW_TOKENS, le=8192, description="cap on reply tokens")] = None,
         seed: Annotated[int | None, Form(description="sampling and rendering seed")] = None,
         constrained: Annotated[bool | None, Form(description="decode under the meta-response grammar")] = None,
