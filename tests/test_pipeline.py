@@ -97,6 +97,13 @@ def test_unconstrained_mode_falls_back_to_plain_text_and_says_so(random_pipe):
 def test_request_errors(tiny_pipe, tmp_path):
     with pytest.raises(ModaverseError, match="empty request"):
         tiny_pipe("  ")
+    # the Python API checks decoding settings as the CLI and the server do, with the same words
+    with pytest.raises(ModaverseError, match="^temperature: Input should be less than or equal to 5$"):
+        tiny_pipe("hi", temperature=9)
+    with pytest.raises(ModaverseError, match="^max_new_tokens: 10 is below 96"):
+        ModaVerse.check_inputs("hi", max_new_tokens=10)  # before any model is built
+    with pytest.raises(ModaverseError, match="nowhere.png: no such file"):
+        ModaVerse.check_inputs("see <media>", [tmp_path / "nowhere.png"])
     with pytest.raises(ModaverseError, match="1 <media> placeholder"):
         tiny_pipe("see <media>", [IB / "image_a.png", IB / "image_b.jpg"])
     with pytest.raises(ModaverseError, match="missing.png"):

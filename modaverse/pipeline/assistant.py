@@ -203,6 +203,9 @@ def build_trainable(config: Config, encoder_dim: int, tokenizer=None) -> tuple[L
 class ModaVerse:
     """The assistant. Build with :meth:`from_config`; call with an instruction and inputs."""
 
+    #: diffusers-style: ``ModaVerse.check_inputs(...)`` refuses a bad request before any model is built.
+    check_inputs = staticmethod(check_inputs)
+
     def __init__(self, config: Config, encoder: Encoder, adaptors: Adaptors, llm: LLM):
         self.config, self.encoder, self.adaptors, self.llm = config, encoder, adaptors, llm
         from modaverse.zoo.zoo import Zoo
