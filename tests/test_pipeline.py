@@ -128,3 +128,29 @@ def test_history_without_stored_embeddings_is_encoded_again(tiny_pipe):
     again = tiny_pipe.prepare("And now?", history=[first])
     assert [s.media for s in again.prompt.slots] == [(0,)]
     torch.testing.assert_close(first.embeddings, stored)
+
+
+def test_batched_greedy_decoding_equals_one_at_a_time(tiny_pipe):
+    """Requests of different lengths, with and without media, decoded as one left-padded batch give
+    exactly the answers they give alone; each row streams its own text."""
+    from modaverse.pipeline.turn import Request
+
+    asks = [("What is in <media>?", [IB / "image_a.png"]), ("Generate a video of waves at night.", []),
+            ("Describe this sound.", [IB / "audio_16k.wav"]), ("hi", [])]
+    alone = [tiny_pipe(text, inputs) for text, inputs in asks]
+    chunks: list[list[str]] = [[] for _ in asks]
+    together = tiny_pipe.answer([Request(text, inputs, on_text=chunks[k].append) for k, (text, inputs) in enumerate(asks)],
+                                tiny_pipe.settings())
+    for one, both, streamed in zip(alone, together, chunks, strict=True):
+        assert both.raw == one.raw and both.meta == one.meta and both.finish_reason == one.finish_reason
+        assert "".join(streamed) == both.text
+    assert sum(len(c) > 1 for c in chunks) >= 1  # the text arrives in pieces, not at the end
+
+
+def test_a_failing_request_does_not_fail_its_batch(tiny_pipe, tmp_path):
+    from modaverse.core.errors import ModaverseError
+    from modaverse.pipeline.turn import Request
+
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    good, bad = tiny_pipe.answer([Request("hi"), Request("see <media>", [tmp_path / "bad.png"])], tiny_pipe.settings())
+    assert good.text and isinstance(bad, ModaverseError) and "bad.png" in str(bad)

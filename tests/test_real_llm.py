@@ -168,3 +168,17 @@ def test_an_unreachable_hub_fails_in_seconds_without_hf_hub_offline(tmp_path):
                              env=env))
     assert "zoo.text-to-image.model" in line and "cannot be reached" in line
     assert time.monotonic() - t < 60
+
+
+def test_batched_greedy_decoding_equals_one_at_a_time_on_the_shipped_smol_checkpoint():
+    """The real small profile (SmolLM2, its LoRA merged, a chat template): a left-padded batch of
+    requests of different lengths decodes exactly as each request does alone."""
+    from modaverse.pipeline.assistant import ModaVerse
+    from modaverse.pipeline.turn import Request
+
+    pipe = ModaVerse.from_config("smol", ["generation.max_new_tokens=128"])
+    asks = [("What is in <media>?", [IB / "image_a.png"]), ("Generate an image of a red bicycle in the rain.", []),
+            ("hello", [])]
+    alone = [pipe(text, inputs) for text, inputs in asks]
+    together = pipe.answer([Request(text, inputs) for text, inputs in asks], pipe.settings())
+    assert [t.raw for t in together] == [t.raw for t in alone]

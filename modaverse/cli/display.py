@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from modaverse.pipeline.assistant import Turn
+from modaverse.pipeline.turn import Turn
 
 
 def printable(text: str) -> str:

@@ -165,6 +165,7 @@ class MetaGrammar:
         eos_ids = list(eos_ids) if eos_ids else [tokenizer.eos_token_id]
         self.table = TokenTable.cached(tokenizer, self.vocab_size)
         self.ll_tokenizer = self.table.ll_tokenizer(tokenizer, eos_ids)
+        self.eos_ids = frozenset(eos_ids)
         schema = json.dumps(meta.json_schema(self.capabilities))
         self.grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
         error = llguidance.LLMatcher.validate_grammar(self.grammar)
@@ -176,54 +177,87 @@ class MetaGrammar:
         return MetaConstraint(self, max_new_tokens)
 
 
-class MetaConstraint(LogitsProcessor):
-    """Masks logits to the grammar, one matcher per generation (batch size 1)."""
+class _Row:
+    """One sequence of a batch: its matcher, how much of it has been consumed, and its JSON string state."""
 
-    def __init__(self, grammar: MetaGrammar, max_new_tokens: int):
+    def __init__(self, grammar: MetaGrammar):
         import llguidance
 
-        self.grammar, self.max_new_tokens = grammar, max_new_tokens
         self.matcher = llguidance.LLMatcher(grammar.ll_tokenizer, grammar.grammar, log_level=0)
-        self._start: int | None = None
-        self._consumed = 0
-        self._in_string = self._escaped = False
+        self.consumed = 0
+        self.in_string = self.escaped = False
+        self.done = False  # an end token was consumed: generate() only pads this row from now on
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if input_ids.shape[0] != 1:
-            raise ValueError("constrained decoding runs one sequence at a time")
-        if self._start is None:
-            self._start = input_ids.shape[1]  # generate() passes prompt ids (if any) plus new ones
-        new = input_ids[0, self._start + self._consumed :].tolist()
-        for tok in new:
-            if not self.matcher.consume_token(tok):
-                raise RuntimeError(f"grammar rejected token {tok}: {self.matcher.get_error()}")
-            self._scan(self.grammar.table.token(tok) if tok < len(self.grammar.table) else b"")
-        self._consumed += len(new)
-        scores.masked_fill_(~self._allowed().to(scores.device), float("-inf"))
-        if self.max_new_tokens - self._consumed <= WRAP_UP_TOKENS:
-            closing = self.grammar.closing_masks[0 if self._in_string else 1].to(scores.device)
-            if torch.isfinite(scores[0, closing]).any():
-                scores[0, ~closing] = float("-inf")
-        return scores
-
-    def _allowed(self) -> torch.Tensor:
-        """The grammar's next-token mask as booleans.
-
-        llguidance.torch is not used: importing it pulls in torch's inductor, and its apply
-        helper is a torch.compile kernel whose first call compiles C++ for about 2 s (and needs
-        a compiler). Unpacking the mask's bits with numpy takes microseconds.
-        """
-        mask = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
-        bits = np.unpackbits(mask, bitorder="little")
-        return torch.from_numpy(bits[: self.grammar.vocab_size].astype(bool))
-
-    def _scan(self, piece: bytes) -> None:
+    def scan(self, piece: bytes) -> None:
         """Tracks whether decoding is inside a JSON string. Only ASCII quotes and backslashes
         matter, and UTF-8 never uses those bytes inside a multi-byte character."""
         for c in piece:
-            if self._escaped:
-                self._escaped = False
-            elif self._in_string and c == 0x5C:
-                self._escaped = True
+            if self.escaped:
+                self.escaped = False
+            elif self.in_string and c == 0x5C:
+                self.escaped = True
             elif c == 0x22:
-                self._in_string = not self._in_string
+                self.in_string = not self.in_string
+
+
+class MetaConstraint(LogitsProcessor):
+    """Masks logits to the grammar: one matcher per row of the batch, their masks computed together.
+
+    Rows finish independently: once a row's matcher has consumed an end token it is left alone
+    (generate() pads it from then on). llguidance fills the whole batch's masks in parallel,
+    outside the GIL; numpy unpacks them (llguidance.torch is not used: importing it pulls in
+    torch's inductor, and its apply helper compiles C++ on first call).
+    """
+
+    def __init__(self, grammar: MetaGrammar, max_new_tokens: int):
+        self.grammar, self.max_new_tokens = grammar, max_new_tokens
+        self.rows: list[_Row] = []
+        self._start: int | None = None
+        self._executor = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if not self.rows:
+            import llguidance
+
+            self.rows = [_Row(self.grammar) for _ in range(input_ids.shape[0])]
+            self._start = input_ids.shape[1]  # generate() passes prompt ids (if any) plus new ones
+            self._executor = llguidance.LLExecutor() if len(self.rows) > 1 else None
+        live = []
+        for b, row in enumerate(self.rows):
+            if row.done:
+                continue
+            for tok in input_ids[b, self._start + row.consumed :].tolist():
+                if not row.matcher.consume_token(tok):
+                    raise RuntimeError(f"grammar rejected token {tok}: {row.matcher.get_error()}")
+                row.scan(self.grammar.table.token(tok) if tok < len(self.grammar.table) else b"")
+                row.consumed += 1
+                if tok in self.grammar.eos_ids:
+                    row.done = True
+                    break
+            if not row.done:
+                live.append(b)
+        if not live:
+            return scores
+        allowed = self._allowed(live).to(scores.device)
+        for k, b in enumerate(live):
+            row = self.rows[b]
+            scores[b].masked_fill_(~allowed[k], float("-inf"))
+            if self.max_new_tokens - row.consumed <= WRAP_UP_TOKENS:
+                closing = self.grammar.closing_masks[0 if row.in_string else 1].to(scores.device)
+                if torch.isfinite(scores[b, closing]).any():
+                    scores[b, ~closing] = float("-inf")
+        return scores
+
+    def _allowed(self, live: list[int]) -> torch.Tensor:
+        """The grammar's next-token masks of the ``live`` rows, as booleans ``[len(live), vocab]``."""
+        words = (self.grammar.vocab_size + 31) // 32
+        masks = np.zeros((len(live), words), dtype=np.int32)
+        if self._executor is None:
+            row = self.rows[live[0]]
+            masks[0] = np.frombuffer(row.matcher.compute_bitmask(), dtype=np.int32)[:words]
+        else:
+            from llguidance.numpy import fill_next_token_bitmask_par
+
+            fill_next_token_bitmask_par(self._executor, [(self.rows[b].matcher, k) for k, b in enumerate(live)], masks)
+        bits = np.unpackbits(masks.view(np.uint8), axis=1, bitorder="little")
+        return torch.from_numpy(bits[:, : self.grammar.vocab_size].astype(bool))

@@ -19,7 +19,6 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -37,112 +36,22 @@ from modaverse.llm.prompt import Message, Prompt, PromptBuilder, assemble_embedd
 from modaverse.media import MediaInput
 from modaverse.media.sniff import check_file
 from modaverse.meta import schema as meta
+from modaverse.pipeline.turn import (
+    Decoding,
+    InputRef,
+    Prepared,
+    Reply,
+    Request,
+    Turn,
+    _BatchStream,
+    _Stream,
+    left_pad,
+)
 
 log = logging.getLogger("modaverse")
 
 #: Set-up work that can overlap the caller's next steps (llguidance releases the GIL).
 _BACKGROUND = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modaverse-setup")
-
-
-@dataclass(frozen=True)
-class InputRef:
-    path: str
-    modality: str
-
-
-@dataclass
-class Turn:
-    """One exchange: what was asked, what the model answered, and what was rendered."""
-
-    instruction: str
-    inputs: list[InputRef]
-    meta: meta.MetaResponse
-    raw: str
-    constrained: bool
-    fallback: str | None = None  # why an unconstrained answer was kept as plain text
-    outputs: list[Path] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)  # invocations that failed to render, with the reason
-    trimmed: int = 0  # history turns dropped to fit the context
-    timings: dict[str, float] = field(default_factory=dict)
-    embeddings: torch.Tensor | None = field(default=None, repr=False)  # ImageBind, [len(inputs), D]
-    finish_reason: str = "stop"  # stop: the model ended its answer; length: the token cap ended it
-
-    @property
-    def text(self) -> str:
-        return self.meta.text
-
-    @property
-    def invocations(self) -> list[meta.Invocation]:
-        return list(self.meta.invocations)
-
-    def to_dict(self) -> dict:
-        return {
-            "instruction": self.instruction,
-            "inputs": [{"path": i.path, "modality": i.modality} for i in self.inputs],
-            "meta_response": self.meta.as_dict(),
-            "outputs": [str(p) for p in self.outputs],
-            "render_errors": self.errors,
-            "raw": self.raw,
-            "constrained": self.constrained,
-            "fallback": self.fallback,
-            "trimmed_turns": self.trimmed,
-            "finish_reason": self.finish_reason,
-            "timings": {k: round(v, 6) for k, v in self.timings.items()},
-        }
-
-
-
-
-@dataclass
-class Prepared:
-    """A request ready to decode: loaded inputs, their embeddings, the prompt and its input embeddings."""
-
-    items: list[MediaInput]
-    embeddings: torch.Tensor  # ImageBind, [len(items), D]
-    prompt: Prompt
-    inputs_embeds: torch.Tensor  # [1, L, H]
-    timings: dict[str, float]
-
-
-@dataclass
-class Reply:
-    """A decoded meta-response: parsed, raw, and how it was obtained."""
-
-    meta: meta.MetaResponse
-    raw: str
-    constrained: bool
-    fallback: str | None
-    timings: dict[str, float]
-    finish_reason: str = "stop"
-
-
-class _Stream:
-    """A transformers streamer: records time to first token and streams the reply text."""
-
-    def __init__(self, tokenizer, on_text: Callable[[str], None] | None, constrained: bool):
-        self.tok, self.on_text, self.constrained = tokenizer, on_text, constrained
-        self.ids: list[int] = []
-        self.start = self.end_time = time.perf_counter()
-        self.first: float | None = None
-        self.shown = ""
-
-    def put(self, value: torch.Tensor) -> None:
-        if value.dim() > 1:  # the prompt ids, sent once before decoding starts
-            return
-        if self.first is None:
-            self.first = time.perf_counter()
-        self.ids += value.tolist()
-        if self.on_text is None:
-            return
-        raw = self.tok.decode(self.ids, skip_special_tokens=True)
-        # A trailing U+FFFD is a character whose bytes have not all arrived yet: wait for them.
-        text = (meta.text_prefix(raw) if self.constrained else raw).rstrip("\ufffd")
-        if len(text) > len(self.shown) and text.startswith(self.shown):
-            self.on_text(text[len(self.shown) :])
-            self.shown = text
-
-    def end(self) -> None:
-        pass
 
 
 def check_inputs(instruction: str, inputs: Sequence[str | os.PathLike | MediaInput] = (), *,
@@ -279,13 +188,15 @@ class ModaVerse:
 
     @torch.inference_mode()
     def prepare(self, instruction: str, inputs: Sequence[str | os.PathLike | MediaInput] = (),
-                history: Sequence[Turn] = (), reserve: int = 0) -> Prepared:
-        """Stages before decoding: encode the inputs, build the prompt, project into its slots."""
+                history: Sequence[Turn] = (), reserve: int = 0, embeddings: torch.Tensor | None = None) -> Prepared:
+        """Stages before decoding: encode the inputs (unless ``embeddings`` already holds them),
+        build the prompt, project into its slots."""
         check_inputs(instruction, inputs)
         timings: dict[str, float] = {}
         t = time.perf_counter()
         items = self.load_inputs(inputs)
-        current = self.encoder.encode(items) if items else torch.empty(0, self.encoder.dim)
+        current = embeddings if embeddings is not None else (
+            self.encoder.encode(items) if items else torch.empty(0, self.encoder.dim))
         timings["encode"] = time.perf_counter() - t
 
         messages, modalities, embs = [], [], []
@@ -319,17 +230,38 @@ class ModaVerse:
         soft = [None] * skip + self.project(modalities[skip:], embeddings[skip:])
         return prompt, assemble_embeddings(self.llm.embed_tokens, prompt, soft)
 
+    def settings(self, constrained: bool | None = None, max_new_tokens: int | None = None,
+                 temperature: float | None = None, seed: int | None = None) -> Decoding:
+        """A request's decoding settings, the config's ``generation:`` filling what it leaves out."""
+        gen = self.config.generation
+        return Decoding(gen.constrained if constrained is None else constrained,
+                        max_new_tokens or gen.max_new_tokens,
+                        gen.temperature if temperature is None else temperature,
+                        seed if seed is not None else (gen.seed if gen.seed is not None else self.config.seed))
+
     @torch.inference_mode()
     def respond(self, inputs_embeds: torch.Tensor, *, constrained: bool | None = None,
                 max_new_tokens: int | None = None, temperature: float | None = None, seed: int | None = None,
                 on_text: Callable[[str], None] | None = None) -> Reply:
         """Decodes a prepared prompt into a meta-response (the middle stage on its own)."""
-        gen = self.config.generation
-        constrained = gen.constrained if constrained is None else constrained
-        max_new_tokens = max_new_tokens or gen.max_new_tokens
-        temperature = gen.temperature if temperature is None else temperature
-        seed = seed if seed is not None else (gen.seed if gen.seed is not None else self.config.seed)
-        raw, stream = self._generate(inputs_embeds, constrained, max_new_tokens, temperature, seed, on_text)
+        (reply,) = self.respond_batch([inputs_embeds], self.settings(constrained, max_new_tokens, temperature, seed),
+                                      [on_text])
+        if isinstance(reply, ModaverseError):
+            raise reply
+        return reply
+
+    @torch.inference_mode()
+    def respond_batch(self, prompts: Sequence[torch.Tensor], settings: Decoding,
+                      on_texts: Sequence[Callable[[str], None] | None] | None = None) -> list[Reply | ModaverseError]:
+        """Decodes several prepared prompts together, one padded batch; each row ends on its own.
+
+        Greedy rows decode exactly as they would alone. A row whose answer cannot be parsed gets
+        its error in its place; the others are unaffected.
+        """
+        raws, streams = self._generate(prompts, settings, on_texts or [None] * len(prompts))
+        return [self._reply(raw, stream, settings) for raw, stream in zip(raws, streams, strict=True)]
+
+    def _reply(self, raw: str, stream: _Stream, settings: Decoding) -> Reply | ModaverseError:
         timings = {"prefill": (stream.first or stream.end_time) - stream.start,
                    "decode": stream.end_time - (stream.first or stream.end_time), "new_tokens": len(stream.ids)}
         t = time.perf_counter()
@@ -337,15 +269,14 @@ class ModaVerse:
         try:
             response = meta.parse(raw, self.capabilities)
         except meta.MetaResponseError as e:
-            if constrained:
-                raise ModaverseError(f"constrained decoding produced an invalid meta-response ({e}); "
-                                     f"raise generation.max_new_tokens (now {max_new_tokens})") from None
+            if settings.constrained:
+                return ModaverseError(f"constrained decoding produced an invalid meta-response ({e}); "
+                                      f"raise generation.max_new_tokens (now {settings.max_new_tokens})")
             fallback = f"not a meta-response ({e}); kept as a plain text reply"
             response = meta.MetaResponse(text=raw.strip()[: meta.MAX_TEXT_CHARS])
         timings["parse"] = time.perf_counter() - t
-        ended = len(stream.ids) < max_new_tokens or (stream.ids and stream.ids[-1] in self.stop_ids)
-        finish = "stop" if ended else "length"
-        return Reply(response, raw, constrained, fallback, timings, finish)
+        ended = len(stream.ids) < settings.max_new_tokens or (stream.ids and stream.ids[-1] in self.stop_ids)
+        return Reply(response, raw, settings.constrained, fallback, timings, "stop" if ended else "length")
 
     @torch.inference_mode()
     def __call__(self, instruction: str, inputs: Sequence[str | os.PathLike | MediaInput] = (),
@@ -354,46 +285,83 @@ class ModaVerse:
                  on_text: Callable[[str], None] | None = None, output_dir: str | os.PathLike | None = None) -> Turn:
         """Answers one request; with ``output_dir``, the invocations are rendered there by the zoo."""
         check_inputs(instruction, inputs, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-        max_new_tokens = max_new_tokens or self.config.generation.max_new_tokens
-        ready = self.prepare(instruction, inputs, history, reserve=max_new_tokens)
-        reply = self.respond(ready.inputs_embeds, constrained=constrained, max_new_tokens=max_new_tokens,
-                             temperature=temperature, seed=seed, on_text=on_text)
+        request = Request(instruction, inputs, history, on_text, output_dir)
+        (turn,) = self.answer([request], self.settings(constrained, max_new_tokens, temperature, seed))
+        if isinstance(turn, ModaverseError):
+            raise turn
+        return turn
+
+    @torch.inference_mode()
+    def answer(self, requests: Sequence[Request], settings: Decoding) -> list[Turn | ModaverseError]:
+        """Several requests at once: their media encoded in one encoder batch, their prompts decoded in
+        one batch, then each one's invocations rendered. A request that fails gets its error in its place."""
+        out: list[Turn | ModaverseError | None] = [None] * len(requests)
+        loaded: dict[int, list[MediaInput]] = {}
+        for k, r in enumerate(requests):
+            try:
+                loaded[k] = self.load_inputs(r.inputs)
+            except ModaverseError as e:
+                out[k] = e
+        t = time.perf_counter()
+        every = [item for items in loaded.values() for item in items]
+        table = self.encoder.encode(every) if every else torch.empty(0, self.encoder.dim)
+        encode_s = (time.perf_counter() - t) / max(1, len(loaded))
+        ready: dict[int, Prepared] = {}
+        start = 0
+        for k, items in loaded.items():
+            r = requests[k]
+            try:
+                ready[k] = self.prepare(r.instruction, items, r.history, settings.max_new_tokens,
+                                        table[start : start + len(items)])
+                ready[k].timings["encode"] = encode_s
+            except ModaverseError as e:
+                out[k] = e
+            start += len(items)
+        replies = self.respond_batch([p.inputs_embeds for p in ready.values()], settings,
+                                     [requests[k].on_text for k in ready]) if ready else []
+        for (k, prepared), reply in zip(ready.items(), replies, strict=True):
+            out[k] = reply if isinstance(reply, ModaverseError) else self._finish(requests[k], prepared, reply)
+        return out
+
+    def _finish(self, request: Request, ready: Prepared, reply: Reply) -> Turn:
+        """The third stage: renders the invocations (when the request names a folder) into a turn."""
         timings = {**ready.timings, **reply.timings}
-        response = reply.meta
         t = time.perf_counter()
         outputs, errors = [], []
-        if output_dir is not None and response.invocations:
-            for res in self.zoo.render_invocations(response.invocations, Path(output_dir), ready.items):
+        if request.output_dir is not None and reply.meta.invocations:
+            for res in self.zoo.render_invocations(reply.meta.invocations, Path(request.output_dir), ready.items):
                 outputs += res.files
                 if res.error:
                     errors.append(f"{res.capability}: {res.error}")
         timings["render"] = time.perf_counter() - t
         refs = [InputRef(str(i.path), i.modality) for i in ready.items]
-        return Turn(instruction, refs, response, reply.raw, reply.constrained, reply.fallback, outputs, errors,
-                    ready.prompt.trimmed, timings, ready.embeddings, reply.finish_reason)
+        return Turn(request.instruction, refs, reply.meta, reply.raw, reply.constrained, reply.fallback, outputs,
+                    errors, ready.prompt.trimmed, timings, ready.embeddings, reply.finish_reason)
 
-    def _generate(self, inputs_embeds: torch.Tensor, constrained: bool, max_new_tokens: int,
-                  temperature: float, seed: int, on_text) -> tuple[str, _Stream]:
+    def _generate(self, prompts: Sequence[torch.Tensor], settings: Decoding,
+                  on_texts: Sequence[Callable[[str], None] | None]) -> tuple[list[str], list[_Stream]]:
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
         tok = self.llm.tokenizer
-        kwargs: dict = dict(max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids, pad_token_id=tok.pad_token_id,
-                            do_sample=temperature > 0, suppress_tokens=sorted(self.llm.marker_ids.values()))
-        if temperature > 0:
-            kwargs.update(temperature=temperature, top_p=self.config.generation.top_p, top_k=0)
+        kwargs: dict = dict(max_new_tokens=settings.max_new_tokens, eos_token_id=self.stop_ids,
+                            pad_token_id=tok.pad_token_id, do_sample=settings.temperature > 0,
+                            suppress_tokens=sorted(self.llm.marker_ids.values()))
+        if settings.temperature > 0:
+            kwargs.update(temperature=settings.temperature, top_p=self.config.generation.top_p, top_k=0)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
-        if constrained:
-            kwargs["logits_processor"] = LogitsProcessorList([self.grammar.processor(max_new_tokens)])
+        if settings.constrained:
+            kwargs["logits_processor"] = LogitsProcessorList([self.grammar.processor(settings.max_new_tokens)])
         elif self.prompts.use_vicuna:
             kwargs["stopping_criteria"] = StoppingCriteriaList([self._stop_at_separator])
-        stream = _Stream(tok, on_text, constrained)
-        torch.manual_seed(seed)
-        stream.start = time.perf_counter()
-        mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-        self.llm.model.generate(inputs_embeds=inputs_embeds, attention_mask=mask, streamer=stream, **kwargs)
-        stream.end_time = time.perf_counter()
-        raw = tok.decode(stream.ids, skip_special_tokens=True)
-        if not constrained and self.prompts.use_vicuna:
-            raw = raw.split("###")[0]
-        return raw, stream
+        streams = [_Stream(tok, on_text, settings.constrained, self.stop_ids) for on_text in on_texts]
+        batch = _BatchStream(streams)
+        embeds, mask = left_pad(prompts)
+        torch.manual_seed(settings.seed)
+        batch.start()
+        self.llm.model.generate(inputs_embeds=embeds, attention_mask=mask, streamer=batch, **kwargs)
+        batch.end()
+        raws = [tok.decode(st.ids, skip_special_tokens=True) for st in streams]
+        if not settings.constrained and self.prompts.use_vicuna:
+            raws = [raw.split("###")[0] for raw in raws]
+        return raws, streams
