@@ -1,11 +1,14 @@
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["MODAVERSE_OFFLINE"] = "1"
 
+import httpx  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -94,3 +97,43 @@ def one_line_error(result, *needles):
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     for n in needles:
         assert str(n) in lines[0], lines[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``modaverse serve`` as a real subprocess on a free loopback port, up once /healthz answers."""
+
+    def __init__(self, tmp: Path, *args: str, key: str | None = None):
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.outputs = tmp / "outputs"
+        self.log = (tmp / "server.log").open("w+")
+        exe = Path(sys.executable).parent / "modaverse"
+        self.proc = subprocess.Popen([str(exe), "serve", "--port", str(self.port), "--outputs", str(tmp / "outputs"),
+                                      *args], stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "OMP_NUM_THREADS": "1"})
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            assert self.proc.poll() is None, self.output()
+            try:
+                if httpx.get(self.url + "/healthz", timeout=2, headers=self.headers).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        raise AssertionError("server did not come up:\n" + self.output())
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        self.log.close()

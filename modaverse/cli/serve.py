@@ -1,4 +1,4 @@
-"""``serve``: the web demo and the REST API on one server."""
+"""``serve``: the web demo, the REST API and the OpenAI-compatible chat API on one server."""
 
 from __future__ import annotations
 
@@ -27,9 +27,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loopback = ipaddress.ip_address(args.host).is_loopback
     except ValueError:
         loopback = args.host == "localhost"
-    if not loopback:
-        print(f"modaverse: warning: serving on {args.host}: anyone who can reach this machine can use it "
-              "(there is no authentication)", file=sys.stderr)
+    api_key = args.api_key or os.environ.get("MODAVERSE_API_KEY") or None
+    if not loopback and not api_key:
+        raise ModaverseError(f"--host {args.host} lets other machines in: give --api-key KEY (or set "
+                             "MODAVERSE_API_KEY); clients then send Authorization: Bearer KEY")
     import socket
 
     with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
@@ -39,8 +40,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ModaverseError(f"cannot serve on {args.host}:{args.port}: {e.strerror or e}; "
                                  "choose another --port or --host") from None
     outputs = Path(args.outputs) if args.outputs else Path(tempfile.mkdtemp(prefix="modaverse-serve-"))
-    limits = Limits(args.max_upload_mb, args.max_files, args.queue_size)
-    app = create_app(config, outputs, limits, ui=not args.no_ui)
+    limits = Limits(args.max_upload_mb, args.max_files, args.queue_size, args.max_batch, args.batch_wait_ms,
+                    args.embedding_cache, args.outputs_ttl)
+    app = create_app(config, outputs, limits, ui=not args.no_ui, api_key=api_key)
     print(f"modaverse: loading {config.name}, then serving http://{args.host}:{args.port} "
           f"(outputs in {outputs})", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
@@ -48,11 +50,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("serve", help="web demo and REST API on one server",
-                       description="Starts the Gradio chat (at /) and the REST API (POST /v1/generate, "
-                       "GET /v1/outputs/{id}/{name}, GET /healthz, OpenAPI at /docs) on one server. Models load "
-                       "once, before the server answers. It binds 127.0.0.1 unless --host says otherwise and "
-                       "never opens a public share link.")
+    p = sub.add_parser("serve", help="web demo, REST API and OpenAI-compatible chat API on one server",
+                       description="Starts the Gradio chat (at /), the OpenAI-compatible chat API (POST "
+                       "/v1/chat/completions with images, audio and video as content parts, streaming; GET "
+                       "/v1/models) and the REST API (POST /v1/generate, GET /v1/outputs/{id}/{name}, GET "
+                       "/healthz, OpenAPI at /docs) on one server. Requests that arrive together decode as one "
+                       "batch. Models load once, before the server answers. It binds 127.0.0.1 unless --host "
+                       "says otherwise (which then needs --api-key) and never opens a public share link. "
+                       "See docs/serve.md.")
     add_config_args(p)
     add_checkpoint_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -62,7 +67,19 @@ def register(sub) -> None:
     p.add_argument("--max-upload-mb", type=positive_float, default=50.0, metavar="MB",
                    help="largest file accepted (default 50)")
     p.add_argument("--max-files", type=positive_int, default=8, metavar="N", help="files per request (default 8)")
-    p.add_argument("--outputs", metavar="DIR", help="where generated files are kept (default: a new temporary folder)")
+    p.add_argument("--outputs", metavar="DIR", help="where generated files are kept (default: a new temporary folder); "
+                   "replicas may share one")
+    p.add_argument("--outputs-ttl", type=positive_float, metavar="SECONDS",
+                   help="remove an output folder this many seconds after it was written (default: keep them)")
+    p.add_argument("--max-batch", type=positive_int, default=8, metavar="N",
+                   help="requests decoded together at most (default 8; 16 to 32 suit a GPU)")
+    p.add_argument("--batch-wait-ms", type=positive_float, default=10.0, metavar="MS",
+                   help="how long the first request of a batch waits for others (default 10)")
+    p.add_argument("--embedding-cache", type=positive_int, default=256, metavar="N",
+                   help="embeddings of media already seen kept by content, so a conversation's earlier "
+                   "media are not encoded again (default 256)")
+    p.add_argument("--api-key", metavar="KEY", help="require Authorization: Bearer KEY on every route (default: "
+                   "$MODAVERSE_API_KEY; required with a non-loopback --host)")
     p.add_argument("--no-ui", action="store_true", help="serve the REST API only")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="server log level (default info)")

@@ -31,6 +31,7 @@ from modaverse.core.device import DTYPES
 from modaverse.core.errors import ModaverseError
 from modaverse.core.strict import reason
 from modaverse.encoder.embed import Encoder
+from modaverse.encoder.memo import EmbeddingLRU, content_key
 from modaverse.llm.model import LLM, load_llm, load_tokenizer, wrap_bpe
 from modaverse.llm.prompt import Message, Prompt, PromptBuilder, assemble_embeddings, marker_tokens
 from modaverse.media import MediaInput
@@ -117,6 +118,8 @@ class ModaVerse:
 
     def __init__(self, config: Config, encoder: Encoder, adaptors: Adaptors, llm: LLM):
         self.config, self.encoder, self.adaptors, self.llm = config, encoder, adaptors, llm
+        #: Embeddings of media already seen, by content (servers set one: clients resend their history).
+        self.embedding_cache: EmbeddingLRU | None = None
         from modaverse.zoo.zoo import Zoo
 
         self.zoo = Zoo.from_config(config)  # builds, does not load: generators load on first use
@@ -180,6 +183,34 @@ class ModaVerse:
     def load_inputs(self, inputs: Sequence[str | os.PathLike | MediaInput]) -> list[MediaInput]:
         return [i if isinstance(i, MediaInput) else self.encoder.load(i) for i in inputs]
 
+    def embed(self, items: Sequence[MediaInput]) -> torch.Tensor:
+        """``[len(items), D]`` embeddings in one encoder batch; with an ``embedding_cache``, only the unseen ones."""
+        if not items:
+            return torch.empty(0, self.encoder.dim)
+        if self.embedding_cache is None:
+            return self.encoder.encode(items)
+        keys = [content_key(i.path, i.modality) for i in items]
+        found = [self.embedding_cache.get(k) for k in keys]
+        todo = [k for k, f in enumerate(found) if f is None]
+        if todo:
+            for k, e in zip(todo, self.encoder.encode([items[k] for k in todo]), strict=True):
+                found[k] = e
+                self.embedding_cache.put(keys[k], e)
+        return torch.stack(found)
+
+    def embed_files(self, files: Sequence[tuple[str | os.PathLike, str]]) -> torch.Tensor:
+        """Files (path, modality) -> embeddings; a file the cache knows is neither decoded nor encoded."""
+        if self.embedding_cache is None:
+            return self.embed([self.encoder.load(p, m) for p, m in files])
+        keys = [content_key(p, m) for p, m in files]
+        found = [self.embedding_cache.get(k) for k in keys]
+        todo = [k for k, f in enumerate(found) if f is None]
+        if todo:
+            fresh = self.embed([self.encoder.load(*files[k]) for k in todo])
+            for j, k in enumerate(todo):
+                found[k] = fresh[j]
+        return torch.stack(found) if found else torch.empty(0, self.encoder.dim)
+
     def project(self, modalities: Sequence[str], embeddings: torch.Tensor) -> list[torch.Tensor]:
         """Each input's soft tokens, ``[tokens_per_input, H]``, in the LLM's dtype."""
         if not len(modalities):
@@ -204,9 +235,8 @@ class ModaVerse:
             mods = tuple(i.modality for i in turn.inputs)
             messages += [Message("user", turn.instruction, mods), Message("assistant", turn.meta.to_json())]
             modalities += mods
-            if turn.embeddings is None and turn.inputs:  # e.g. a history read back from JSON: encode again
-                turn.embeddings = self.encoder.encode(
-                    [self.encoder.load(i.path, i.modality) for i in turn.inputs])
+            if turn.embeddings is None and turn.inputs:  # a history read back from JSON or sent by a client
+                turn.embeddings = self.embed_files([(i.path, i.modality) for i in turn.inputs])
             embs.append(turn.embeddings if turn.inputs else torch.empty(0, self.encoder.dim))
         mods = tuple(i.modality for i in items)
         messages.append(Message("user", instruction, mods))
@@ -304,7 +334,7 @@ class ModaVerse:
                 out[k] = e
         t = time.perf_counter()
         every = [item for items in loaded.values() for item in items]
-        table = self.encoder.encode(every) if every else torch.empty(0, self.encoder.dim)
+        table = self.embed(every)
         encode_s = (time.perf_counter() - t) / max(1, len(loaded))
         ready: dict[int, Prepared] = {}
         start = 0

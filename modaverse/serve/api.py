@@ -4,7 +4,9 @@
 |---|---|
 | ``POST /v1/generate`` | multipart: ``instruction`` and ``files`` (any number of inputs); returns the meta-response and URLs of the outputs |
 | ``GET /v1/outputs/{id}/{name}`` | a generated file; ``id`` is 128 random bits, so outputs cannot be found by guessing |
-| ``GET /healthz`` | liveness, the loaded config, capabilities and queue depth |
+| ``POST /v1/chat/completions`` | the OpenAI chat API, multimodal, streaming (:mod:`.openai_api`) |
+| ``GET /v1/models`` | the served profile, as an OpenAI model list |
+| ``GET /healthz`` | liveness, the loaded config, capabilities, queue depth, batch sizes formed |
 | ``GET /openapi.json``, ``/docs`` | the schema FastAPI derives from the models below |
 | ``/`` | the Gradio chat demo (:mod:`.ui`) |
 
@@ -17,6 +19,7 @@ request failed inside the model; the server carries on).
 
 from __future__ import annotations
 
+import hmac
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,6 +34,7 @@ from modaverse import __version__
 from modaverse.config import MIN_NEW_TOKENS, Config, GenerationConfig
 from modaverse.core.errors import ModaverseError
 from modaverse.pipeline.assistant import check_inputs
+from modaverse.serve.openai_api import router as openai_router
 from modaverse.serve.service import (
     MEDIA_TYPES,
     Busy,
@@ -71,6 +75,8 @@ class Health(BaseModel):
     queue: dict[str, int]
     served: int
     uptime_s: float
+    batches: dict = Field(description="max_batch, wait_ms, and how many batches of each size ran")
+    embedding_cache: dict | None = Field(description="entries, size, hits and misses of the embeddings LRU")
 
 
 ERRORS = {code: {"description": text, "content": {"application/json": {"example": {"detail": "..."}}}}
@@ -78,6 +84,13 @@ ERRORS = {code: {"description": text, "content": {"application/json": {"example"
                              (422, "a file that does not decode, or invalid settings"),
                              (503, "the queue is full; retry after Retry-After seconds"),
                              (500, "the request failed inside the model"))}
+
+
+def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    """Every error's body: ``detail`` (FastAPI's key) and ``error`` (OpenAI's, which its clients read)."""
+    kind = "authentication_error" if status == 401 else "invalid_request_error" if status < 500 else "server_error"
+    return JSONResponse({"detail": message, "error": {"message": message, "type": kind, "code": status}},
+                        status_code=status, headers=headers)
 
 
 class BodyCap:
@@ -95,7 +108,7 @@ class BodyCap:
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.cap:
-            response = JSONResponse({"detail": self._refusal(f"{int(length) / 1048576:.1f} MB")}, status_code=413)
+            response = error_response(413, self._refusal(f"{int(length) / 1048576:.1f} MB"))
             return await response(scope, receive, send)
         seen = 0
 
@@ -111,14 +124,32 @@ class BodyCap:
 
 
 
+class BearerKey:
+    """Every request must carry ``Authorization: Bearer KEY`` (what OpenAI clients send); else 401."""
+
+    def __init__(self, app, key: str):
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        if not hmac.compare_digest(given, b"Bearer " + self.key):
+            response = error_response(401, "missing or wrong API key (send Authorization: Bearer KEY)",
+                                      {"WWW-Authenticate": "Bearer"})
+            return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def _limits(name: str) -> dict:
     """The ``generation:`` section's own bounds on a field: the API documents what check_inputs enforces."""
     return {k: getattr(m, k) for m in GenerationConfig.model_fields[name].metadata for k in ("ge", "gt", "le", "lt")
             if getattr(m, k, None) is not None}
 
 def create_app(config: Config, outputs: Path, limits: Limits | None = None, *, ui: bool = True,
-               pipe=None) -> FastAPI:
-    """The server; the models load when it starts (``pipe`` reuses one already built, for tests)."""
+               pipe=None, api_key: str | None = None) -> FastAPI:
+    """The server; the models load when it starts (``pipe`` reuses one already built, for tests).
+    With ``api_key``, every route (outputs and the web demo included) asks for ``Authorization: Bearer KEY``."""
     limits = limits or Limits()
 
     @asynccontextmanager
@@ -135,6 +166,8 @@ def create_app(config: Config, outputs: Path, limits: Limits | None = None, *, u
     body_cap = limits.max_files * limits.max_upload_bytes + (1 << 20)
 
     app.add_middleware(BodyCap, cap=body_cap)
+    if api_key:
+        app.add_middleware(BearerKey, key=api_key)
 
     @app.exception_handler(RequestValidationError)
     async def one_line_422(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -142,7 +175,13 @@ def create_app(config: Config, outputs: Path, limits: Limits | None = None, *, u
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
         more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-        return JSONResponse({"detail": f"{field or 'request'}: {first.get('msg', 'invalid')}{more}"}, status_code=422)
+        return error_response(422, f"{field or 'request'}: {first.get('msg', 'invalid')}{more}")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), exc.headers)
+
+    app.include_router(openai_router)
 
     @app.get("/healthz", response_model=Health, summary="liveness and queue depth")
     def healthz(request: Request) -> dict:
@@ -216,7 +255,7 @@ def create_app(config: Config, outputs: Path, limits: Limits | None = None, *, u
         from modaverse.serve.ui import CSS, build_ui
 
         blocks = build_ui(lambda: app.state.service, limits)
-        blocks.queue(max_size=limits.queue_size, default_concurrency_limit=1)
+        blocks.queue(max_size=limits.queue_size, default_concurrency_limit=limits.max_batch)  # batched like the API
         app = gr.mount_gradio_app(app, blocks, path="/", allowed_paths=[str(outputs)], ssr_mode=False,
                                   footer_links=[], max_file_size=limits.max_upload_bytes, css=CSS)
     return app

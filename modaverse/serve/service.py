@@ -1,11 +1,13 @@
-"""The one assistant a server shares between its web demo and its REST API.
+"""The one assistant a server shares between its web demo, its REST API and its chat API.
 
 Why a service object: the pipeline is built once, at start-up (never at import), and
-holds one model that runs one request at a time. Requests wait in a bounded queue; when
-``queue_size`` are already waiting, the next is refused at once (:class:`Busy`, HTTP 503)
-rather than piling up. Each request renders into a folder named by 128 random bits, so one
-client's outputs cannot be found by guessing URLs. A request that fails raises inside its
-own call only: the model, the lock and the queue are left as they were.
+holds one model, fed by one batching worker (:mod:`.batcher`): requests that arrive
+together decode together. Requests wait in a bounded queue; when ``queue_size`` are
+already waiting, the next is refused at once (:class:`Busy`, HTTP 503) rather than piling
+up. Each request renders into a folder named by 128 random bits, so one client's outputs
+cannot be found by guessing URLs; with ``outputs_ttl``, folders older than that many
+seconds are removed in the background. A request that fails raises inside its own call
+only: the model, the worker and the queue are left as they were.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import shutil
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,11 +49,15 @@ class UploadError(ModaverseError):
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may send and how many may wait; the ``serve`` flags set them."""
+    """What one request may send, how many may wait, how they batch; the ``serve`` flags set them."""
 
     max_upload_mb: float = 50.0
     max_files: int = 8
     queue_size: int = 8
+    max_batch: int = 8
+    batch_wait_ms: float = 10.0
+    embedding_cache: int = 256  # embeddings of media already seen, kept by content
+    outputs_ttl: float | None = None  # seconds an output folder is kept; None: for ever
 
     @property
     def max_upload_bytes(self) -> int:
@@ -66,6 +72,7 @@ class Settings:
     max_new_tokens: int | None = None
     seed: int | None = None
     constrained: bool | None = None
+    render: bool = True  # run the invocations' generators (rendering is not batched)
 
 
 @dataclass
@@ -100,36 +107,43 @@ def check_uploads(uploads: list[tuple[str, int, str | None]], limits: Limits) ->
 
 
 class Service:
-    """One pipeline, one request at a time, at most ``limits.queue_size`` waiting."""
+    """One pipeline behind one batching worker, at most ``limits.queue_size`` requests waiting."""
 
     def __init__(self, pipe, outputs: Path, limits: Limits | None = None):
+        from modaverse.encoder.memo import EmbeddingLRU
+        from modaverse.serve.batcher import Batcher
+
         self.pipe, self.outputs, self.limits = pipe, Path(outputs), limits or Limits()
         limits = self.limits
         self.outputs.mkdir(parents=True, exist_ok=True)
-        self._run = threading.Lock()
-        # Decoding happens on one thread: malloc keeps a freed 200 MB image buffer in the arena of the
-        # thread that used it, so decodes spread over the server's 40 worker threads left one in each.
-        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modaverse-decode")
-        self._slots = threading.BoundedSemaphore(limits.queue_size + 1)  # the running one + those waiting
+        if limits.embedding_cache:
+            pipe.embedding_cache = EmbeddingLRU(limits.embedding_cache)
+        self.batcher = Batcher(pipe, limits.max_batch, limits.batch_wait_ms)
+        # in flight: those being answered (a batch) plus those waiting
+        self._slots = threading.BoundedSemaphore(limits.queue_size + limits.max_batch)
         self._count = threading.Lock()
         self.waiting = 0
         self.served = 0
         self.started = time.time()
+        if limits.outputs_ttl:
+            threading.Thread(target=self._prune_forever, name="modaverse-prune", daemon=True).start()
 
     @property
     def capabilities(self) -> tuple[str, ...]:
         return tuple(self.pipe.capabilities)
 
     def status(self) -> dict:
+        cache = self.pipe.embedding_cache
         return {"status": "ok", "config": self.pipe.config.name, "capabilities": list(self.capabilities),
                 "modalities": list(self.pipe.encoder.modalities), "queue": {"waiting": self.waiting,
                 "size": self.limits.queue_size}, "served": self.served,
-                "uptime_s": round(time.time() - self.started, 1)}
+                "uptime_s": round(time.time() - self.started, 1), "batches": self.batcher.stats(),
+                "embedding_cache": cache.stats() if cache is not None else None}
 
     def _decode(self, files: list[tuple[Path, str | None]]) -> list:
-        """Decodes uploads that passed :func:`check_uploads`; a file that is not what it claims is a 422
-        naming it and why. Called only inside the run lock: decoding is the step that costs memory
-        (an image up to ``media.max_pixels``), so at most one request's files are decoded at once."""
+        """Decodes uploads that passed :func:`check_uploads`, on the worker when the request's turn
+        comes; a file that is not what it claims is a 422 naming it and why. Decoding is the step that
+        costs memory (an image up to ``media.max_pixels``), so only the running batch's files are decoded."""
         items = []
         for path, modality in files:
             try:
@@ -138,37 +152,63 @@ class Service:
                 raise UploadError(str(e).replace(str(path.parent) + "/", ""), 422) from None
         return items
 
-    def generate(self, instruction: str, files: list[tuple[Path, str | None]], history: list | None = None,
-                 settings: Settings | None = None) -> Result:
-        """Runs one request when its turn comes; :class:`Busy` at once when the queue is full.
+    def submit(self, instruction: str, files: list[tuple[Path, str | None]], history: list | None = None,
+               settings: Settings | None = None, on_text=None) -> tuple[str, Future]:
+        """Queues one request; :class:`Busy` at once when the queue is full. Returns its id and a future
+        of its turn. ``files`` are saved uploads (path, modality or None), decoded when the request's
+        batch runs, never before: a burst of uploads waits as bytes on disk, not as decoded pixels."""
+        from modaverse.pipeline.turn import Request
+        from modaverse.serve.batcher import Job
 
-        ``files`` are saved uploads (path, modality or None), decoded when the request's turn comes,
-        never before: a burst of uploads waits as bytes on disk, not as decoded pixels in memory."""
         if not self._slots.acquire(blocking=False):
             raise Busy(f"the server is busy ({self.limits.queue_size} requests waiting); retry shortly")
         settings = settings or Settings()
-        try:
-            with self._count:
-                self.waiting += 1
-            t = time.perf_counter()
-            with self._run:
-                with self._count:
-                    self.waiting -= 1
-                queued = time.perf_counter() - t
-                inputs = self._decoder.submit(self._decode, files).result()
-                rid = secrets.token_hex(16)
-                folder = self.outputs / rid
-                try:
-                    turn = self.pipe(instruction, inputs, history or [], output_dir=folder,
-                                     temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
-                                     seed=settings.seed, constrained=settings.constrained)
-                except BaseException:
-                    shutil.rmtree(folder, ignore_errors=True)
-                    raise
+        rid = secrets.token_hex(16)
+        folder = self.outputs / rid
+        request = Request(instruction, (), history or [], on_text, folder if settings.render else None)
+        decoding = self.pipe.settings(settings.constrained, settings.max_new_tokens, settings.temperature,
+                                      settings.seed)
+        job = Job(lambda: self._decode(files), request, decoding)
+        with self._count:
+            self.waiting += 1
+        future = self.batcher.submit(job)
+        future.add_done_callback(lambda f: self._done(f, folder))
+        return rid, future
+
+    def _done(self, future: Future, folder: Path) -> None:
+        with self._count:
+            self.waiting -= 1
+            if future.exception() is None:
                 self.served += 1
-            return Result(rid, turn, folder, queued)
-        finally:
-            self._slots.release()
+        if future.exception() is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        self._slots.release()
+
+    def generate(self, instruction: str, files: list[tuple[Path, str | None]], history: list | None = None,
+                 settings: Settings | None = None, on_text=None) -> Result:
+        """Runs one request when its batch comes (blocking); :class:`Busy` at once when the queue is full."""
+        rid, future = self.submit(instruction, files, history, settings, on_text)
+        turn = future.result()
+        return Result(rid, turn, self.outputs / rid, turn.timings.get("queue", 0.0))
+
+    def prune(self) -> int:
+        """Removes output folders older than ``outputs_ttl`` seconds; returns how many."""
+        cutoff = time.time() - (self.limits.outputs_ttl or float("inf"))
+        gone = 0
+        for folder in self.outputs.iterdir():
+            if ID_PATTERN.fullmatch(folder.name) and folder.is_dir() and folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+                gone += 1
+        return gone
+
+    def _prune_forever(self) -> None:
+        every = max(0.5, min(60.0, self.limits.outputs_ttl / 4))
+        while True:
+            time.sleep(every)
+            try:
+                self.prune()
+            except OSError:  # a folder removed under us, or a transient error: next round
+                continue
 
     def output_path(self, rid: str, name: str) -> Path | None:
         """The file behind ``/v1/outputs/{rid}/{name}``, or None: only generated files, never a path escape."""
