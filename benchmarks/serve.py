@@ -8,6 +8,16 @@ lost, and the latency of the answered ones (p50/p95), plus the refusal latency.
     python benchmarks/serve.py                          # 50 requests, queue 8
     python benchmarks/serve.py --requests 200 --queue-size 32
     python benchmarks/serve.py --hostile 12             # 12 concurrent decompression bombs
+    python benchmarks/serve.py --throughput             # 32 chat requests: one at a time, then 16 at a time
+    python benchmarks/serve.py --throughput --config smol
+    python benchmarks/serve.py --overhead 8             # grammar cost per decoding step at batch 8
+
+Throughput mode sends the same 32 ``/v1/chat/completions`` requests (half with an image, half
+text-only, greedy, ``render: false``: rendering is not batched) first one at a time and then 16
+at a time to one server (``--max-batch 16``), and reports requests/s, p50/p95 latency and the
+batch sizes the server formed. Overhead mode decodes a batch in-process with and without the
+meta-response grammar for the same number of steps (``max_new_tokens``, end tokens suppressed
+for both) and reports ms per step.
 
 Hostile mode sends ``--hostile`` uploads at once of a 1-bit PNG of ``--bomb-side`` squared pixels
 (a few kB on disk; the default 9000 is 81 MP, under Pillow's own 89 MP warning, and costs about
@@ -31,7 +41,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.test_serve import free_port  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -49,7 +59,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="JSON results (default: benchmarks/results/serve-tiny-cpu[-hostile].json)")
     ap.add_argument("--hostile", type=int, default=0, metavar="N", help="send N bomb uploads at once instead")
     ap.add_argument("--bomb-side", type=int, default=9000, metavar="PX", help="side of the hostile 1-bit PNG")
+    ap.add_argument("--throughput", action="store_true", help="sequential vs 16 concurrent chat requests")
+    ap.add_argument("--batch-wait-ms", type=float, default=100.0, metavar="MS",
+                    help="the server's --batch-wait-ms in throughput mode (default 100)")
+    ap.add_argument("--overhead", type=int, metavar="B", help="grammar cost per step at batch B (in-process)")
     args = ap.parse_args()
+    if args.overhead:
+        return overhead(args)
+    if args.throughput:
+        args.out = args.out or ROOT / "benchmarks" / "results" / f"serve-{args.config}-cpu-throughput.json"
+        return throughput(args)
     suffix = "-hostile" if args.hostile else ""
     args.out = args.out or ROOT / "benchmarks" / "results" / f"serve-tiny-cpu{suffix}.json"
 
@@ -175,6 +194,124 @@ def hostile(args, url: str, pid: int, tmp: Path, ready_s: float) -> None:
     print(json.dumps(report, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+
+
+def _start(args, tmp: Path, *extra: str) -> tuple[subprocess.Popen, str, float]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    exe = Path(sys.executable).parent / "modaverse"
+    server = subprocess.Popen([str(exe), "serve", "--config", args.config, "--port", str(port), "--no-ui",
+                               "--outputs", str(tmp / "outputs"), "--log-level", "warning", *extra],
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    start = time.time()
+    while True:
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return server, url, time.time() - start
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None or time.time() - start > 300:
+            raise SystemExit("the server did not start")
+        time.sleep(0.2)
+
+
+def throughput(args) -> None:
+    import base64
+
+    from modaverse.data.synth import write_benchmark_set
+
+    tmp = Path(tempfile.mkdtemp(prefix="modaverse-bench-serve-"))
+    pictures = sorted((write_benchmark_set(tmp / "data", "image", num=16) / "image").glob("*.png"))
+    asks = []
+    for i in range(32):
+        if i % 2:
+            b64 = base64.b64encode(pictures[i // 2].read_bytes()).decode()
+            content = [{"type": "text", "text": "What is in this picture?"},
+                       {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64}"}}]
+        else:
+            content = f"Generate an image of a {['red', 'green', 'blue', 'yellow'][i % 4]} shape number {i}."
+        asks.append({"messages": [{"role": "user", "content": content}], "render": False, "temperature": 0})
+    server, url, ready_s = _start(args, tmp, "--max-batch", "16", "--batch-wait-ms", str(args.batch_wait_ms),
+                                  "--queue-size", "32")
+
+    def send(body) -> float:
+        t = time.perf_counter()
+        r = httpx.post(url + "/v1/chat/completions", json=body, timeout=600)
+        if r.status_code != 200:
+            raise SystemExit(f"status {r.status_code}: {r.text}")
+        return time.perf_counter() - t
+
+    def sizes() -> dict:
+        return httpx.get(url + "/healthz").json()["batches"]["sizes"]
+
+    try:
+        send(asks[0])  # warm-up: first-call costs (grammar build, allocations) are not the figure
+        report = {"config": args.config, "requests": len(asks), "server_ready_s": round(ready_s, 1),
+                  "max_batch": 16, "batch_wait_ms": args.batch_wait_ms}
+        for name, concurrency in (("sequential", 1), ("concurrent_16", 16)):
+            before = sizes()
+            latencies: list[float] = []
+            lock = threading.Lock()
+            todo = list(range(len(asks)))
+
+            def worker(lock=lock, todo=todo, latencies=latencies) -> None:
+                while True:
+                    with lock:
+                        if not todo:
+                            return
+                        i = todo.pop(0)
+                    spent = send(asks[i])
+                    with lock:
+                        latencies.append(spent)
+
+            wall = time.perf_counter()
+            threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wall = time.perf_counter() - wall
+            after = sizes()
+            formed = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+            report[name] = {"requests_per_s": round(len(asks) / wall, 2), "wall_s": round(wall, 2),
+                            "p50_s": percentile(latencies, 50), "p95_s": percentile(latencies, 95),
+                            "batch_sizes": formed}
+        report["speed_up"] = round(report["concurrent_16"]["requests_per_s"] / report["sequential"]["requests_per_s"], 2)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    print(json.dumps(report, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def overhead(args) -> None:
+    import torch
+
+    from modaverse.pipeline.assistant import ModaVerse
+    from modaverse.pipeline.turn import Decoding
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    pipe = ModaVerse.from_config(args.config)
+    steps = 96
+    prompts = [pipe.prepare(f"Generate an image of a {c} circle on a white background, number {i}.").inputs_embeds
+               for i, c in enumerate(["red", "green", "blue", "yellow"] * (args.overhead // 4 + 1))][: args.overhead]
+    report = {"config": args.config, "batch": args.overhead, "max_new_tokens": steps}
+    for constrained in (False, True, False, True):  # twice each; the second of each counts
+        replies = pipe.respond_batch(prompts, Decoding(constrained, steps, 0.0, 0))
+        # decoding steps after the first token, until the batch's last row ends (prefill left out)
+        decode = max(r.timings["decode"] for r in replies)
+        taken = max(int(r.timings["new_tokens"]) for r in replies) - 1
+        name = "constrained" if constrained else "free"
+        report[f"{name}_steps"] = taken
+        report[f"{name}_ms_per_step"] = round(1000 * decode / max(1, taken), 2)
+    report["overhead_pct"] = round(100 * (report["constrained_ms_per_step"] / report["free_ms_per_step"] - 1), 1)
+    print(json.dumps(report, indent=2))
+    out = args.out or ROOT / "benchmarks" / "results" / f"grammar-batch{args.overhead}-{args.config}-cpu.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -73,8 +73,9 @@ def register(sub) -> None:
                    help="remove an output folder this many seconds after it was written (default: keep them)")
     p.add_argument("--max-batch", type=positive_int, default=8, metavar="N",
                    help="requests decoded together at most (default 8; 16 to 32 suit a GPU)")
-    p.add_argument("--batch-wait-ms", type=positive_float, default=10.0, metavar="MS",
-                   help="how long the first request of a batch waits for others (default 10)")
+    p.add_argument("--batch-wait-ms", type=positive_float, default=50.0, metavar="MS",
+                   help="under load, how long a batch's first request waits for others (default 50; a lone "
+                   "request under light load does not wait)")
     p.add_argument("--embedding-cache", type=positive_int, default=256, metavar="N",
                    help="embeddings of media already seen kept by content, so a conversation's earlier "
                    "media are not encoded again (default 256)")

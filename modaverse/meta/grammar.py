@@ -215,38 +215,51 @@ class MetaConstraint(LogitsProcessor):
         self._start: int | None = None
         self._executor = None
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if not self.rows:
-            import llguidance
+    def start(self, batch: int) -> None:
+        """One matcher per row of a batch of ``batch`` sequences."""
+        import llguidance
 
-            self.rows = [_Row(self.grammar) for _ in range(input_ids.shape[0])]
-            self._start = input_ids.shape[1]  # generate() passes prompt ids (if any) plus new ones
-            self._executor = llguidance.LLExecutor() if len(self.rows) > 1 else None
-        live = []
-        for b, row in enumerate(self.rows):
-            if row.done:
-                continue
-            for tok in input_ids[b, self._start + row.consumed :].tolist():
-                if not row.matcher.consume_token(tok):
-                    raise RuntimeError(f"grammar rejected token {tok}: {row.matcher.get_error()}")
-                row.scan(self.grammar.table.token(tok) if tok < len(self.grammar.table) else b"")
-                row.consumed += 1
-                if tok in self.grammar.eos_ids:
-                    row.done = True
-                    break
-            if not row.done:
-                live.append(b)
+        self.rows = [_Row(self.grammar) for _ in range(batch)]
+        self._executor = llguidance.LLExecutor() if batch > 1 else None
+
+    def advance(self, b: int, token: int) -> None:
+        """Row ``b`` chose ``token``."""
+        row = self.rows[b]
+        if row.done:
+            return
+        if not row.matcher.consume_token(token):
+            raise RuntimeError(f"grammar rejected token {token}: {row.matcher.get_error()}")
+        row.scan(self.grammar.table.token(token) if token < len(self.grammar.table) else b"")
+        row.consumed += 1
+        if token in self.grammar.eos_ids:
+            row.done = True
+
+    def constrain(self, rows: list[int], scores: torch.Tensor) -> torch.Tensor:
+        """Masks ``scores[k]`` to what row ``rows[k]``'s grammar allows next (all live rows' masks at once)."""
+        live = [k for k, b in enumerate(rows) if not self.rows[b].done]
         if not live:
             return scores
-        allowed = self._allowed(live).to(scores.device)
-        for k, b in enumerate(live):
-            row = self.rows[b]
-            scores[b].masked_fill_(~allowed[k], float("-inf"))
+        allowed = self._allowed([rows[k] for k in live]).to(scores.device)
+        for j, k in enumerate(live):
+            row = self.rows[rows[k]]
+            scores[k].masked_fill_(~allowed[j], float("-inf"))
             if self.max_new_tokens - row.consumed <= WRAP_UP_TOKENS:
                 closing = self.grammar.closing_masks[0 if row.in_string else 1].to(scores.device)
-                if torch.isfinite(scores[b, closing]).any():
-                    scores[b, ~closing] = float("-inf")
+                if torch.isfinite(scores[k, closing]).any():
+                    scores[k, ~closing] = float("-inf")
         return scores
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """As a transformers logits processor: reads each row's new tokens from ``input_ids``."""
+        if not self.rows:
+            self.start(input_ids.shape[0])
+            self._start = input_ids.shape[1]  # generate() passes prompt ids (if any) plus new ones
+        for b, row in enumerate(self.rows):
+            for tok in input_ids[b, self._start + row.consumed :].tolist():
+                if row.done:
+                    break
+                self.advance(b, tok)
+        return self.constrain(list(range(len(self.rows))), scores)
 
     def _allowed(self, live: list[int]) -> torch.Tensor:
         """The grammar's next-token masks of the ``live`` rows, as booleans ``[len(live), vocab]``."""

@@ -19,7 +19,6 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -32,6 +31,7 @@ from modaverse.core.errors import ModaverseError
 from modaverse.core.strict import reason
 from modaverse.encoder.embed import Encoder
 from modaverse.encoder.memo import EmbeddingLRU, content_key
+from modaverse.llm.decode import Sampling, decode
 from modaverse.llm.model import LLM, load_llm, load_tokenizer, wrap_bpe
 from modaverse.llm.prompt import Message, Prompt, PromptBuilder, assemble_embeddings, marker_tokens
 from modaverse.media import MediaInput
@@ -44,9 +44,7 @@ from modaverse.pipeline.turn import (
     Reply,
     Request,
     Turn,
-    _BatchStream,
     _Stream,
-    left_pad,
 )
 
 log = logging.getLogger("modaverse")
@@ -170,14 +168,6 @@ class ModaVerse:
     @property
     def grammar(self):
         return self._grammar.result()
-
-    @cached_property
-    def _stop_at_separator(self):
-        """The Vicuna template's ``###`` stop, built once: transformers would rebuild its matcher
-        over the whole vocabulary on every request."""
-        from transformers import StopStringCriteria
-
-        return StopStringCriteria(self.llm.tokenizer, ["###"])
 
     # -- the three stages ------------------------------------------------------------------------
     def load_inputs(self, inputs: Sequence[str | os.PathLike | MediaInput]) -> list[MediaInput]:
@@ -370,28 +360,24 @@ class ModaVerse:
 
     def _generate(self, prompts: Sequence[torch.Tensor], settings: Decoding,
                   on_texts: Sequence[Callable[[str], None] | None]) -> tuple[list[str], list[_Stream]]:
-        from transformers import LogitsProcessorList, StoppingCriteriaList
-
         tok = self.llm.tokenizer
-        kwargs: dict = dict(max_new_tokens=settings.max_new_tokens, eos_token_id=self.stop_ids,
-                            pad_token_id=tok.pad_token_id, do_sample=settings.temperature > 0,
-                            suppress_tokens=sorted(self.llm.marker_ids.values()))
-        if settings.temperature > 0:
-            kwargs.update(temperature=settings.temperature, top_p=self.config.generation.top_p, top_k=0)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        if settings.constrained:
-            kwargs["logits_processor"] = LogitsProcessorList([self.grammar.processor(settings.max_new_tokens)])
-        elif self.prompts.use_vicuna:
-            kwargs["stopping_criteria"] = StoppingCriteriaList([self._stop_at_separator])
         streams = [_Stream(tok, on_text, settings.constrained, self.stop_ids) for on_text in on_texts]
-        batch = _BatchStream(streams)
-        embeds, mask = left_pad(prompts)
-        torch.manual_seed(settings.seed)
-        batch.start()
-        self.llm.model.generate(inputs_embeds=embeds, attention_mask=mask, streamer=batch, **kwargs)
-        batch.end()
+        vicuna_free = not settings.constrained and self.prompts.use_vicuna
+
+        def on_token(b: int, token: int) -> bool:
+            streams[b].add(token, time.perf_counter())
+            # the Vicuna template's turns end at "###" (a string, not a token) when decoding freely
+            return vicuna_free and "###" in tok.decode(streams[b].ids, skip_special_tokens=True)
+
+        sampling = Sampling(settings.max_new_tokens, settings.temperature, self.config.generation.top_p, settings.seed)
+        now = time.perf_counter()
+        for st in streams:
+            st.start = st.end_time = now
+        decode(self.llm.model, prompts, sampling, stop_ids=self.stop_ids,
+               suppress_ids=sorted(self.llm.marker_ids.values()),
+               constraint=self.grammar.processor(settings.max_new_tokens) if settings.constrained else None,
+               on_token=on_token)
         raws = [tok.decode(st.ids, skip_special_tokens=True) for st in streams]
-        if not settings.constrained and self.prompts.use_vicuna:
+        if vicuna_free:
             raws = [raw.split("###")[0] for raw in raws]
         return raws, streams

@@ -34,6 +34,7 @@ from modaverse import __version__
 from modaverse.config import MIN_NEW_TOKENS, Config, GenerationConfig
 from modaverse.core.errors import ModaverseError
 from modaverse.pipeline.assistant import check_inputs
+from modaverse.serve.arrivals import Arrivals, read
 from modaverse.serve.openai_api import router as openai_router
 from modaverse.serve.service import (
     MEDIA_TYPES,
@@ -166,6 +167,7 @@ def create_app(config: Config, outputs: Path, limits: Limits | None = None, *, u
     body_cap = limits.max_files * limits.max_upload_bytes + (1 << 20)
 
     app.add_middleware(BodyCap, cap=body_cap)
+    app.add_middleware(Arrivals)
     if api_key:
         app.add_middleware(BearerKey, key=api_key)
 
@@ -219,6 +221,7 @@ def create_app(config: Config, outputs: Path, limits: Limits | None = None, *, u
                         while chunk := f.file.read(1 << 20):
                             out.write(chunk)
                     saved.append((path, kind))
+                read(request)
                 result = service.generate(instruction, saved, settings=Settings(temperature, max_new_tokens,
                                                                                  seed, constrained))
                 names = {str(path): f.filename for (path, _), f in zip(saved, files, strict=True)}

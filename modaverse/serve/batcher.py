@@ -2,7 +2,8 @@
 
 Decoding one sequence at a time leaves an accelerator (and most of a CPU's vector units)
 idle: a step of a batch of 8 to 32 costs little more than a step of one. The worker takes
-the oldest waiting job, waits up to ``wait_ms`` for more that decode with the same settings
+the oldest waiting job and, while more requests are arriving (the server is still reading
+them) or the last batch held several, waits up to ``wait_ms`` for more that decode with the same settings
 (greedy ones batch freely; a sampled one runs alone, so its seed means what it says), up
 to ``max_batch``, and hands them to :meth:`ModaVerse.answer`: their uploads are decoded on
 the worker (never before their turn), their media encoded in one encoder batch, their
@@ -41,11 +42,12 @@ class Job:
 class Batcher:
     """One worker thread feeding the pipeline batches of up to ``max_batch`` compatible jobs."""
 
-    def __init__(self, pipe, max_batch: int = 8, wait_ms: float = 10.0):
-        self.pipe, self.max_batch, self.wait = pipe, max_batch, wait_ms / 1000
+    def __init__(self, pipe, max_batch: int = 8, wait_ms: float = 50.0, arriving: Callable[[], int] = lambda: 0):
+        self.pipe, self.max_batch, self.wait, self.arriving = pipe, max_batch, wait_ms / 1000, arriving
         self._jobs: deque[Job] = deque()
         self._ready = threading.Condition()
         self.sizes: Counter[int] = Counter()  # batch size -> how many batches had it
+        self._last_size = 0
         self._worker = threading.Thread(target=self._run, name="modaverse-batcher", daemon=True)
         self._worker.start()
 
@@ -65,9 +67,12 @@ class Batcher:
             while len(batch) < self.max_batch:
                 batch += self._take(first.key, self.max_batch - len(batch))
                 left = deadline - time.perf_counter()
-                if len(batch) >= self.max_batch or left <= 0:
+                # wait only while more requests are on their way (being read by the server) or the
+                # load is heavy (the last batch was several): a lone request is not kept waiting
+                coming = self.arriving() > 0 or self._last_size > 1
+                if len(batch) >= self.max_batch or left <= 0 or not coming:
                     break
-                self._ready.wait(left)
+                self._ready.wait(min(left, 0.005) if not self._last_size > 1 else left)
             return batch
 
     def _take(self, key: object, room: int) -> list[Job]:
@@ -81,6 +86,7 @@ class Batcher:
         while True:
             batch = self._next_batch()
             self.sizes[len(batch)] += 1
+            self._last_size = len(batch)
             try:
                 self._answer(batch)
             except BaseException as e:  # a bug must not kill the worker: each job hears about it

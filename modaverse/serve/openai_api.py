@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from modaverse.config import MIN_NEW_TOKENS
 from modaverse.core.errors import ModaverseError
+from modaverse.serve.arrivals import read
 from modaverse.serve.service import MEDIA_TYPES, Busy, Service, Settings, UploadError, check_uploads
 
 router = APIRouter()
@@ -230,6 +231,8 @@ def chat_completions(request: Request, body: ChatRequest):
     except Exception as e:
         _cleanup(folder)
         raise _status(e) from None
+    finally:
+        read(request)
     future.add_done_callback(lambda _: (_cleanup(folder), chunks.put(None)))
     created = int(time.time())
     head = {"id": f"chatcmpl-{rid}", "created": created, "model": name}

@@ -55,7 +55,7 @@ class Limits:
     max_files: int = 8
     queue_size: int = 8
     max_batch: int = 8
-    batch_wait_ms: float = 10.0
+    batch_wait_ms: float = 50.0
     embedding_cache: int = 256  # embeddings of media already seen, kept by content
     outputs_ttl: float | None = None  # seconds an output folder is kept; None: for ever
 
@@ -106,6 +106,22 @@ def check_uploads(uploads: list[tuple[str, int, str | None]], limits: Limits) ->
             raise UploadError(f"{name}: unknown modality {modality!r}; choose from {', '.join(MODALITIES)}", 422)
 
 
+class Arrival:
+    """One request being read; ``read()`` (once it is queued or refused, or when its response ends) stops
+    counting it. Calling it twice is harmless."""
+
+    def __init__(self, service: Service):
+        self.service, self._done = service, False
+        with service._count:
+            service._arriving += 1
+
+    def read(self) -> None:
+        with self.service._count:
+            if not self._done:
+                self._done = True
+                self.service._arriving -= 1
+
+
 class Service:
     """One pipeline behind one batching worker, at most ``limits.queue_size`` requests waiting."""
 
@@ -118,7 +134,8 @@ class Service:
         self.outputs.mkdir(parents=True, exist_ok=True)
         if limits.embedding_cache:
             pipe.embedding_cache = EmbeddingLRU(limits.embedding_cache)
-        self.batcher = Batcher(pipe, limits.max_batch, limits.batch_wait_ms)
+        self._arriving = 0  # requests the server is reading (parsing, saving uploads), not yet submitted
+        self.batcher = Batcher(pipe, limits.max_batch, limits.batch_wait_ms, lambda: self._arriving)
         # in flight: those being answered (a batch) plus those waiting
         self._slots = threading.BoundedSemaphore(limits.queue_size + limits.max_batch)
         self._count = threading.Lock()
@@ -139,6 +156,11 @@ class Service:
                 "size": self.limits.queue_size}, "served": self.served,
                 "uptime_s": round(time.time() - self.started, 1), "batches": self.batcher.stats(),
                 "embedding_cache": cache.stats() if cache is not None else None}
+
+    def arriving(self) -> Arrival:
+        """Counts a request the server is still reading (body, uploads) until :meth:`Arrival.read`, so
+        the batcher knows more work is coming and waits for it."""
+        return Arrival(self)
 
     def _decode(self, files: list[tuple[Path, str | None]]) -> list:
         """Decodes uploads that passed :func:`check_uploads`, on the worker when the request's turn
