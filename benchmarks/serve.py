@@ -244,7 +244,9 @@ def throughput(args) -> None:
         return time.perf_counter() - t
 
     def sizes() -> dict:
-        return httpx.get(url + "/healthz").json()["batches"]["sizes"]
+        b = httpx.get(url + "/healthz").json()["batches"]
+        return {**{f"start {k}": v for k, v in b["sizes"].items()}, **{f"steps at {k}": v for k, v in b["steps"].items()},
+                "joined": b["joined"]}
 
     try:
         send(asks[0])  # warm-up: first-call costs (grammar build, allocations) are not the figure
@@ -277,7 +279,7 @@ def throughput(args) -> None:
             formed = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
             report[name] = {"requests_per_s": round(len(asks) / wall, 2), "wall_s": round(wall, 2),
                             "p50_s": percentile(latencies, 50), "p95_s": percentile(latencies, 95),
-                            "batch_sizes": formed}
+                            "batches": formed}  # sizes at start, decoding steps per batch size, joins mid-decode
         report["speed_up"] = round(report["concurrent_16"]["requests_per_s"] / report["sequential"]["requests_per_s"], 2)
     finally:
         server.terminate()

@@ -154,3 +154,23 @@ def test_a_failing_request_does_not_fail_its_batch(tiny_pipe, tmp_path):
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     good, bad = tiny_pipe.answer([Request("hi"), Request("see <media>", [tmp_path / "bad.png"])], tiny_pipe.settings())
     assert good.text and isinstance(bad, ModaverseError) and "bad.png" in str(bad)
+
+
+def test_a_request_joining_a_running_batch_answers_as_it_would_alone(tiny_pipe):
+    """Continuous batching: a request joins a decode that is already several tokens in (its cache
+    left-padded to the batch's length) and still gets exactly its one-at-a-time answer."""
+    from modaverse.pipeline.turn import Request
+
+    asks = [Request("Generate a video of waves at night."), Request("What is in <media>?", [IB / "image_a.png"]),
+            Request("hi")]
+    alone = [tiny_pipe(r.instruction, r.inputs) for r in asks]
+    session = tiny_pipe.session(tiny_pipe.settings())
+    replies = {}
+    assert session.admit([(0, asks[0])]) == []
+    for _ in range(5):
+        replies |= {k: r for k, r, _ in session.step()}
+    assert session.joinable and len(session) == 1
+    assert session.admit([(1, asks[1]), (2, asks[2])]) == []
+    while len(session):
+        replies |= {k: r for k, r, _ in session.step()}
+    assert [replies[k].raw for k in range(3)] == [t.raw for t in alone]

@@ -182,3 +182,12 @@ def test_batched_greedy_decoding_equals_one_at_a_time_on_the_shipped_smol_checkp
     alone = [pipe(text, inputs) for text, inputs in asks]
     together = pipe.answer([Request(text, inputs) for text, inputs in asks], pipe.settings())
     assert [t.raw for t in together] == [t.raw for t in alone]
+    # and a request joining the running batch mid-way (continuous batching) answers as it does alone
+    session, replies = pipe.session(pipe.settings()), {}
+    session.admit([(0, Request(*asks[0]))])
+    for _ in range(4):
+        replies |= {k: r for k, r, _ in session.step()}
+    session.admit([(1, Request(*asks[1])), (2, Request(*asks[2]))])
+    while len(session):
+        replies |= {k: r for k, r, _ in session.step()}
+    assert [replies[k].raw for k in range(3)] == [t.raw for t in alone]

@@ -83,7 +83,7 @@ def test_concurrent_requests_are_batched_with_the_answers_they_get_alone(client,
     asks = [[{"role": "user", "content": [{"type": "text", "text": f"Describe {i}"}, IMAGE]}] if i % 2 else
             [{"role": "user", "content": f"Generate an image of a cat number {i}."}] for i in range(8)]
     alone = [client.chat.completions.create(model="tiny", messages=a, extra_body={"render": False}) for a in asks]
-    sizes_before = httpx.get(server.url + "/healthz", headers=server.headers).json()["batches"]["sizes"]
+    steps_before = httpx.get(server.url + "/healthz", headers=server.headers).json()["batches"]["steps"]
     together: list = [None] * len(asks)
 
     def one(i: int) -> None:
@@ -94,9 +94,9 @@ def test_concurrent_requests_are_batched_with_the_answers_they_get_alone(client,
         t.start()
     for t in threads:
         t.join()
-    sizes = httpx.get(server.url + "/healthz", headers=server.headers).json()["batches"]["sizes"]
-    grown = {int(k): v - sizes_before.get(k, 0) for k, v in sizes.items()}
-    assert max(k for k, v in grown.items() if v > 0) > 1, sizes  # some requests did decode together
+    steps = httpx.get(server.url + "/healthz", headers=server.headers).json()["batches"]["steps"]
+    grown = {int(k): v - steps_before.get(k, 0) for k, v in steps.items()}
+    assert max(k for k, v in grown.items() if v > 0) > 1, steps  # some requests did decode together
     assert [t.choices[0].message.content for t in together] == [t.choices[0].message.content for t in alone]
 
 

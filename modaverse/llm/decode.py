@@ -1,12 +1,13 @@
-"""Batched decoding from prompt embeddings, with each row leaving the batch when it ends.
+"""Batched decoding from prompt embeddings: rows join a running batch and leave it when they end.
 
 transformers' ``generate`` keeps a finished row in the batch, padded, until the longest one
-ends: a batch of answers of 20 to 60 tokens pays for 60 steps of the full batch. Here a row
+ends, and takes no newcomer until then. Here a :class:`Decoder` is a running batch: a row
 that ends is cut out of the batch and its key/value cache, so later steps cost what the
-rows still decoding cost. Left padding, with position ids counted from each row's first
-real token, makes a row decode exactly as it would alone (greedy). The loop takes an
-optional constraint (the meta-response grammar: ``start``, ``advance``, ``constrain``) and
-calls ``on_token`` with every token of every row as it is chosen.
+rows still decoding cost; new prompts are prefilled as a group and joined between steps
+(continuous batching), their cache left-padded to the batch's length. Left padding, with
+position ids counted from each row's first real token, makes a row decode as it would
+alone (greedy). The decoder takes an optional constraint (the meta-response grammar:
+``add``, ``advance``, ``constrain``) and calls ``on_token`` with every token of every row.
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ def left_pad(prompts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tenso
     return embeds, mask
 
 
+def _pad_time(x: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    """``x`` left-padded with zeros along ``dim`` to ``length``."""
+    missing = length - x.shape[dim]
+    if missing <= 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = missing
+    return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+
 def _choose(scores: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
     if sampling.temperature <= 0:
         return scores.argmax(-1)
@@ -48,46 +59,87 @@ def _choose(scores: torch.Tensor, sampling: Sampling, generator: torch.Generator
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-@torch.inference_mode()
-def decode(model, prompts: Sequence[torch.Tensor], sampling: Sampling, *, stop_ids: Sequence[int],
-           suppress_ids: Sequence[int] = (), constraint=None,
-           on_token: Callable[[int, int], bool] | None = None) -> None:
-    """Decodes ``prompts`` (each ``[1, L, H]`` input embeddings) together.
+class Decoder:
+    """A running batch of rows (ids from :meth:`join`); :meth:`step` decodes one token for each."""
 
-    A row ends on a stop id, when ``on_token(row, token)`` returns True, or after
-    ``max_new_tokens``; ``suppress_ids`` are never chosen.
-    """
-    embeds, mask = left_pad(prompts)
-    device = embeds.device
-    stops = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
-    suppress = torch.tensor(sorted(set(suppress_ids)), dtype=torch.long, device=device)
-    generator = torch.Generator(device=device).manual_seed(sampling.seed) if sampling.temperature > 0 else None
-    if constraint is not None:
-        constraint.start(len(prompts))
-    rows = list(range(len(prompts)))  # the original index of each row still in the batch
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    cache = out.cache
-    for step in range(sampling.max_new_tokens):
-        scores = out.logits[:, -1, :].float()
-        if len(suppress):
-            scores[:, suppress] = float("-inf")
-        if constraint is not None:
-            scores = constraint.constrain(rows, scores)
-        chosen = _choose(scores, sampling, generator)
-        ended = torch.isin(chosen, stops) if len(stops) else torch.zeros_like(chosen, dtype=torch.bool)
-        for k, (b, token) in enumerate(zip(rows, chosen.tolist(), strict=True)):
-            if constraint is not None:
-                constraint.advance(b, token)
-            if on_token is not None and on_token(b, token):
+    def __init__(self, model, sampling: Sampling, *, stop_ids: Sequence[int], suppress_ids: Sequence[int] = (),
+                 constraint=None, on_token: Callable[[int, int], bool] | None = None):
+        self.model, self.sampling, self.constraint, self.on_token = model, sampling, constraint, on_token
+        self.stop_ids, self.suppress_ids = sorted(set(stop_ids)), sorted(set(suppress_ids))
+        self.generator: torch.Generator | None = None
+        self.rows: list[int] = []  # the id of each row still in the batch, in batch order
+        self.counts: list[int] = []  # tokens chosen so far, per row
+        self.cache = self.mask = self.logits = None
+        self._next_id = 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def joinable(self) -> bool:
+        """Rows can join a running batch when every cache layer is a plain growing one (not sliding windows)."""
+        from transformers.cache_utils import DynamicLayer
+
+        return self.cache is None or all(type(layer) is DynamicLayer for layer in self.cache.layers)
+
+    @torch.inference_mode()
+    def join(self, prompts: Sequence[torch.Tensor]) -> list[int]:
+        """Prefills ``prompts`` (each ``[1, L, H]`` input embeddings) and adds them to the batch; returns their ids."""
+        ids = list(range(self._next_id, self._next_id + len(prompts)))
+        self._next_id += len(prompts)
+        embeds, mask = left_pad(prompts)
+        if self.generator is None and self.sampling.temperature > 0:
+            self.generator = torch.Generator(device=embeds.device).manual_seed(self.sampling.seed)
+        if self.constraint is not None:
+            self.constraint.add(len(prompts))
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=1)
+        logits = out.logits[:, -1, :].float()
+        if self.cache is None:
+            self.cache, self.mask, self.logits = out.cache, mask, logits
+        else:
+            length = max(self.mask.shape[1], mask.shape[1])
+            for old, new in zip(self.cache.layers, out.cache.layers, strict=True):
+                old.keys = torch.cat([_pad_time(old.keys, length, 2), _pad_time(new.keys, length, 2)])
+                old.values = torch.cat([_pad_time(old.values, length, 2), _pad_time(new.values, length, 2)])
+            self.mask = torch.cat([_pad_time(self.mask, length, 1), _pad_time(mask, length, 1)])
+            self.logits = torch.cat([self.logits, logits])
+        self.rows += ids
+        self.counts += [0] * len(ids)
+        return ids
+
+    @torch.inference_mode()
+    def step(self) -> list[int]:
+        """Chooses every row's next token and runs the model on them; returns the ids of the rows that ended
+        (a stop id, ``on_token`` saying so, or ``max_new_tokens``), which leave the batch."""
+        scores = self.logits
+        device = scores.device
+        if self.suppress_ids:
+            scores[:, torch.tensor(self.suppress_ids, device=device)] = float("-inf")
+        if self.constraint is not None:
+            scores = self.constraint.constrain(self.rows, scores)
+        chosen = _choose(scores, self.sampling, self.generator)
+        ended = torch.isin(chosen, torch.tensor(self.stop_ids, dtype=torch.long, device=device))
+        for k, (row, token) in enumerate(zip(self.rows, chosen.tolist(), strict=True)):
+            self.counts[k] += 1
+            if self.constraint is not None:
+                self.constraint.advance(row, token)
+            if (self.on_token is not None and self.on_token(row, token)) or self.counts[k] >= self.sampling.max_new_tokens:
                 ended[k] = True
-        if step == sampling.max_new_tokens - 1 or bool(ended.all()):
-            return
-        if bool(ended.any()):  # the finished rows leave the batch and its cache
+        finished = [row for row, e in zip(self.rows, ended.tolist(), strict=True) if e]
+        if bool(ended.all()):
+            self.rows, self.counts, self.cache, self.mask, self.logits = [], [], None, None, None
+            return finished
+        if finished:  # the finished rows leave the batch and its cache
             keep = (~ended).nonzero().squeeze(-1)
-            cache.batch_select_indices(keep)
-            mask, chosen = mask[keep], chosen[keep]
-            rows = [rows[k] for k in keep.tolist()]
-        mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-        positions = mask.sum(-1, keepdim=True) - 1
-        out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+            self.cache.batch_select_indices(keep)
+            self.mask, chosen = self.mask[keep], chosen[keep]
+            self.rows = [self.rows[k] for k in keep.tolist()]
+            self.counts = [self.counts[k] for k in keep.tolist()]
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
+        positions = self.mask.sum(-1, keepdim=True) - 1
+        out = self.model(input_ids=chosen[:, None], attention_mask=self.mask, position_ids=positions, cache=self.cache,
+                         use_cache=True)
+        self.logits = out.logits[:, -1, :].float()
+        return finished

@@ -215,12 +215,18 @@ class MetaConstraint(LogitsProcessor):
         self._start: int | None = None
         self._executor = None
 
-    def start(self, batch: int) -> None:
-        """One matcher per row of a batch of ``batch`` sequences."""
+    def add(self, count: int) -> None:
+        """``count`` more rows (a decoder's row ids are their positions here), each with its own matcher."""
         import llguidance
 
-        self.rows = [_Row(self.grammar) for _ in range(batch)]
-        self._executor = llguidance.LLExecutor() if batch > 1 else None
+        self.rows += [_Row(self.grammar) for _ in range(count)]
+        if len(self.rows) > 1 and self._executor is None:
+            self._executor = llguidance.LLExecutor()
+
+    def start(self, batch: int) -> None:
+        """One matcher per row of a batch of ``batch`` sequences."""
+        self.rows, self._executor = [], None
+        self.add(batch)
 
     def advance(self, b: int, token: int) -> None:
         """Row ``b`` chose ``token``."""
@@ -265,7 +271,7 @@ class MetaConstraint(LogitsProcessor):
         """The grammar's next-token masks of the ``live`` rows, as booleans ``[len(live), vocab]``."""
         words = (self.grammar.vocab_size + 31) // 32
         masks = np.zeros((len(live), words), dtype=np.int32)
-        if self._executor is None:
+        if len(live) == 1 or self._executor is None:
             row = self.rows[live[0]]
             masks[0] = np.frombuffer(row.matcher.compute_bitmask(), dtype=np.int32)[:words]
         else:

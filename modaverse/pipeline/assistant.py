@@ -31,12 +31,12 @@ from modaverse.core.errors import ModaverseError
 from modaverse.core.strict import reason
 from modaverse.encoder.embed import Encoder
 from modaverse.encoder.memo import EmbeddingLRU, content_key
-from modaverse.llm.decode import Sampling, decode
 from modaverse.llm.model import LLM, load_llm, load_tokenizer, wrap_bpe
 from modaverse.llm.prompt import Message, Prompt, PromptBuilder, assemble_embeddings, marker_tokens
 from modaverse.media import MediaInput
 from modaverse.media.sniff import check_file
 from modaverse.meta import schema as meta
+from modaverse.pipeline.session import Session
 from modaverse.pipeline.turn import (
     Decoding,
     InputRef,
@@ -278,8 +278,12 @@ class ModaVerse:
         Greedy rows decode exactly as they would alone. A row whose answer cannot be parsed gets
         its error in its place; the others are unaffected.
         """
-        raws, streams = self._generate(prompts, settings, on_texts or [None] * len(prompts))
-        return [self._reply(raw, stream, settings) for raw, stream in zip(raws, streams, strict=True)]
+        session = Session(self, settings)
+        session.join(range(len(prompts)), prompts, on_texts or [None] * len(prompts))
+        replies: dict[int, Reply | ModaverseError] = {}
+        while len(session):
+            replies |= {k: reply for k, reply, _ in session.step()}
+        return [replies[k] for k in range(len(prompts))]
 
     def _reply(self, raw: str, stream: _Stream, settings: Decoding) -> Reply | ModaverseError:
         timings = {"prefill": (stream.first or stream.end_time) - stream.start,
@@ -314,36 +318,20 @@ class ModaVerse:
     @torch.inference_mode()
     def answer(self, requests: Sequence[Request], settings: Decoding) -> list[Turn | ModaverseError]:
         """Several requests at once: their media encoded in one encoder batch, their prompts decoded in
-        one batch, then each one's invocations rendered. A request that fails gets its error in its place."""
-        out: list[Turn | ModaverseError | None] = [None] * len(requests)
-        loaded: dict[int, list[MediaInput]] = {}
-        for k, r in enumerate(requests):
-            try:
-                loaded[k] = self.load_inputs(r.inputs)
-            except ModaverseError as e:
-                out[k] = e
-        t = time.perf_counter()
-        every = [item for items in loaded.values() for item in items]
-        table = self.embed(every)
-        encode_s = (time.perf_counter() - t) / max(1, len(loaded))
-        ready: dict[int, Prepared] = {}
-        start = 0
-        for k, items in loaded.items():
-            r = requests[k]
-            try:
-                ready[k] = self.prepare(r.instruction, items, r.history, settings.max_new_tokens,
-                                        table[start : start + len(items)])
-                ready[k].timings["encode"] = encode_s
-            except ModaverseError as e:
-                out[k] = e
-            start += len(items)
-        replies = self.respond_batch([p.inputs_embeds for p in ready.values()], settings,
-                                     [requests[k].on_text for k in ready]) if ready else []
-        for (k, prepared), reply in zip(ready.items(), replies, strict=True):
-            out[k] = reply if isinstance(reply, ModaverseError) else self._finish(requests[k], prepared, reply)
-        return out
+        one batch (each row leaving it when its answer ends), then each one's invocations rendered. A
+        request that fails gets its error in its place."""
+        session = Session(self, settings)
+        out: dict[int, Turn | ModaverseError] = dict(session.admit(list(enumerate(requests))))
+        while len(session):
+            for k, reply, prepared in session.step():
+                out[k] = reply if isinstance(reply, ModaverseError) else self.finish(requests[k], prepared, reply)
+        return [out[k] for k in range(len(requests))]
 
-    def _finish(self, request: Request, ready: Prepared, reply: Reply) -> Turn:
+    def session(self, settings: Decoding) -> Session:
+        """A running decode to feed requests into as they come (what the server's batcher keeps)."""
+        return Session(self, settings)
+
+    def finish(self, request: Request, ready: Prepared, reply: Reply) -> Turn:
         """The third stage: renders the invocations (when the request names a folder) into a turn."""
         timings = {**ready.timings, **reply.timings}
         t = time.perf_counter()
@@ -357,27 +345,3 @@ class ModaVerse:
         refs = [InputRef(str(i.path), i.modality) for i in ready.items]
         return Turn(request.instruction, refs, reply.meta, reply.raw, reply.constrained, reply.fallback, outputs,
                     errors, ready.prompt.trimmed, timings, ready.embeddings, reply.finish_reason)
-
-    def _generate(self, prompts: Sequence[torch.Tensor], settings: Decoding,
-                  on_texts: Sequence[Callable[[str], None] | None]) -> tuple[list[str], list[_Stream]]:
-        tok = self.llm.tokenizer
-        streams = [_Stream(tok, on_text, settings.constrained, self.stop_ids) for on_text in on_texts]
-        vicuna_free = not settings.constrained and self.prompts.use_vicuna
-
-        def on_token(b: int, token: int) -> bool:
-            streams[b].add(token, time.perf_counter())
-            # the Vicuna template's turns end at "###" (a string, not a token) when decoding freely
-            return vicuna_free and "###" in tok.decode(streams[b].ids, skip_special_tokens=True)
-
-        sampling = Sampling(settings.max_new_tokens, settings.temperature, self.config.generation.top_p, settings.seed)
-        now = time.perf_counter()
-        for st in streams:
-            st.start = st.end_time = now
-        decode(self.llm.model, prompts, sampling, stop_ids=self.stop_ids,
-               suppress_ids=sorted(self.llm.marker_ids.values()),
-               constraint=self.grammar.processor(settings.max_new_tokens) if settings.constrained else None,
-               on_token=on_token)
-        raws = [tok.decode(st.ids, skip_special_tokens=True) for st in streams]
-        if vicuna_free:
-            raws = [raw.split("###")[0] for raw in raws]
-        return raws, streams

@@ -5,10 +5,12 @@ idle: a step of a batch of 8 to 32 costs little more than a step of one. The wor
 the oldest waiting job and, while more requests are arriving (the server is still reading
 them) or the last batch held several, waits up to ``wait_ms`` for more that decode with the same settings
 (greedy ones batch freely; a sampled one runs alone, so its seed means what it says), up
-to ``max_batch``, and hands them to :meth:`ModaVerse.answer`: their uploads are decoded on
-the worker (never before their turn), their media encoded in one encoder batch, their
-prompts decoded together, and each answer rendered. Every job's future gets its own turn
-or its own error.
+to ``max_batch``, and starts a decoding session (:meth:`ModaVerse.session`): their uploads
+are decoded on the worker (never before their turn), their media encoded in one encoder
+batch, their prompts decoded together. Between steps, compatible requests that arrived
+since join the running batch while it has room (continuous batching), and each row that
+ends leaves it and has its answer rendered. Every job's future gets its own turn or its
+own error.
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ class Batcher:
         self.pipe, self.max_batch, self.wait, self.arriving = pipe, max_batch, wait_ms / 1000, arriving
         self._jobs: deque[Job] = deque()
         self._ready = threading.Condition()
-        self.sizes: Counter[int] = Counter()  # batch size -> how many batches had it
+        self.sizes: Counter[int] = Counter()  # size of a batch when it starts -> how many batches had it
+        self.steps: Counter[int] = Counter()  # rows decoding together -> how many steps had that many
+        self.joined = 0  # requests that joined a batch already decoding
         self._last_size = 0
         self._worker = threading.Thread(target=self._run, name="modaverse-batcher", daemon=True)
         self._worker.start()
@@ -87,34 +91,60 @@ class Batcher:
             batch = self._next_batch()
             self.sizes[len(batch)] += 1
             self._last_size = len(batch)
+            live: dict[int, Job] = {}
             try:
-                self._answer(batch)
+                self._serve(batch, live)
             except BaseException as e:  # a bug must not kill the worker: each job hears about it
                 log.exception("batch failed")
-                for job in batch:
+                for job in [*batch, *live.values()]:
                     if not job.future.done():
                         job.future.set_exception(e)
 
-    def _answer(self, batch: list[Job]) -> None:
+    def _serve(self, batch: list[Job], live: dict[int, Job]) -> None:
+        """Runs one decoding session: the batch, then compatible newcomers joining between steps
+        (continuous batching) while there is room, until every row has ended."""
+        session = self.pipe.session(batch[0].settings)
+        self._admit(session, batch, live)
+        while len(session):
+            self.steps[len(session)] += 1
+            for key, reply, prepared in session.step():
+                self._finish(live.pop(key), reply, prepared)
+            room = self.max_batch - len(session)
+            if room > 0 and len(session) and session.joinable:
+                with self._ready:
+                    newcomers = self._take(batch[0].key, room)
+                if newcomers:
+                    self.joined += len(newcomers)
+                    self._admit(session, newcomers, live)
+
+    def _admit(self, session, jobs: list[Job], live: dict[int, Job]) -> None:
+        """Decodes the jobs' uploads (here, on the worker, one file at a time) and joins them to the session."""
         ready = []
-        for job in batch:
+        for job in jobs:
             job.started = time.perf_counter()
             try:
                 job.request.inputs = job.read_inputs()
             except Exception as e:
                 job.future.set_exception(e)
                 continue
+            live[id(job)] = job
             ready.append(job)
-        if not ready:
+        for key, error in session.admit([(id(j), j.request) for j in ready]):
+            live.pop(key).future.set_exception(error)
+
+    def _finish(self, job: Job, reply, prepared) -> None:
+        if isinstance(reply, BaseException):
+            job.future.set_exception(reply)
             return
-        turns = self.pipe.answer([j.request for j in ready], ready[0].settings)
-        for job, turn in zip(ready, turns, strict=True):
-            if isinstance(turn, BaseException):
-                job.future.set_exception(turn)
-            else:
-                turn.timings["queue"] = job.started - job.queued
-                job.future.set_result(turn)
+        try:
+            turn = self.pipe.finish(job.request, prepared, reply)  # renders, when the request asks for it
+        except Exception as e:
+            job.future.set_exception(e)
+            return
+        turn.timings["queue"] = job.started - job.queued
+        job.future.set_result(turn)
 
     def stats(self) -> dict:
         return {"max_batch": self.max_batch, "wait_ms": self.wait * 1000,
-                "sizes": {str(k): v for k, v in sorted(self.sizes.items())}}
+                "sizes": {str(k): v for k, v in sorted(self.sizes.items())},
+                "steps": {str(k): v for k, v in sorted(self.steps.items())}, "joined": self.joined}

@@ -1,0 +1,105 @@
+"""A running decode that requests join between steps and leave when their answer ends.
+
+Continuous batching: a server does not wait for a whole batch to finish before taking the
+next request. :class:`Session` wraps a :class:`~modaverse.llm.decode.Decoder` with what the
+pipeline knows about each row (its request, its prepared prompt, its streamed text) and
+turns each finished row into a reply. ``ModaVerse.answer`` runs one session to its end; the
+server's batcher keeps one running and feeds it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable, Sequence
+
+import torch
+
+from modaverse.core.errors import ModaverseError
+from modaverse.llm.decode import Decoder, Sampling
+from modaverse.media import MediaInput
+from modaverse.pipeline.turn import Decoding, Prepared, Reply, Request, _Stream
+
+
+class Session:
+    """Rows of one decoding setting (``settings``), each known by the key its caller gave it."""
+
+    def __init__(self, pipe, settings: Decoding):
+        self.pipe, self.settings = pipe, settings
+        tok = pipe.llm.tokenizer
+        self.vicuna_free = not settings.constrained and pipe.prompts.use_vicuna
+        self.decoder = Decoder(
+            pipe.llm.model, Sampling(settings.max_new_tokens, settings.temperature, pipe.config.generation.top_p,
+                                     settings.seed),
+            stop_ids=pipe.stop_ids, suppress_ids=sorted(pipe.llm.marker_ids.values()),
+            constraint=pipe.grammar.processor(settings.max_new_tokens) if settings.constrained else None,
+            on_token=self._on_token)
+        self._tok = tok
+        self._rows: dict[int, tuple[Hashable, Prepared | None, _Stream]] = {}
+
+    def __len__(self) -> int:
+        return len(self.decoder)
+
+    @property
+    def joinable(self) -> bool:
+        return self.decoder.joinable
+
+    def _on_token(self, row: int, token: int) -> bool:
+        stream = self._rows[row][2]
+        stream.add(token, time.perf_counter())
+        # the Vicuna template's turns end at "###" (a string, not a token) when decoding freely
+        return self.vicuna_free and "###" in self._tok.decode(stream.ids, skip_special_tokens=True)
+
+    def join(self, keys: Sequence[Hashable], prompts: Sequence[torch.Tensor],
+             on_texts: Sequence[Callable[[str], None] | None], prepared: Sequence[Prepared | None] | None = None) -> None:
+        """Prefills ``prompts`` and adds them to the running batch."""
+        now = time.perf_counter()
+        streams = [_Stream(self._tok, on_text, self.settings.constrained, self.pipe.stop_ids) for on_text in on_texts]
+        for st in streams:
+            st.start = st.end_time = now
+        prepared = prepared or [None] * len(prompts)
+        # the rows' bookkeeping exists before their first token arrives
+        first = self.decoder._next_id
+        for k, (key, prep, st) in enumerate(zip(keys, prepared, streams, strict=True)):
+            self._rows[first + k] = (key, prep, st)
+        self.decoder.join(prompts)
+
+    def admit(self, requests: Sequence[tuple[Hashable, Request]]) -> list[tuple[Hashable, ModaverseError]]:
+        """Loads, encodes (one encoder batch) and prepares requests, and joins them; returns the refused ones."""
+        pipe, refused = self.pipe, []
+        loaded: list[tuple[Hashable, Request, list[MediaInput]]] = []
+        for key, r in requests:
+            try:
+                loaded.append((key, r, pipe.load_inputs(r.inputs)))
+            except ModaverseError as e:
+                refused.append((key, e))
+        t = time.perf_counter()
+        table = pipe.embed([item for _, _, items in loaded for item in items])
+        encode_s = (time.perf_counter() - t) / max(1, len(loaded))
+        ready: list[tuple[Hashable, Request, Prepared]] = []
+        start = 0
+        for key, r, items in loaded:
+            try:
+                prepared = pipe.prepare(r.instruction, items, r.history, self.settings.max_new_tokens,
+                                        table[start : start + len(items)])
+                prepared.timings["encode"] = encode_s
+                ready.append((key, r, prepared))
+            except ModaverseError as e:
+                refused.append((key, e))
+            start += len(items)
+        if ready:
+            self.join([k for k, _, _ in ready], [p.inputs_embeds for _, _, p in ready], [r.on_text for _, r, _ in ready],
+                      [p for _, _, p in ready])
+        return refused
+
+    def step(self) -> list[tuple[Hashable, Reply | ModaverseError, Prepared | None]]:
+        """One token for every row; the rows that ended, with their replies (or why they have none)."""
+        done = []
+        for row in self.decoder.step():
+            key, prepared, stream = self._rows.pop(row)
+            if not stream.ended:
+                stream.end_time = time.perf_counter()
+            raw = self._tok.decode(stream.ids, skip_special_tokens=True)
+            if self.vicuna_free:
+                raw = raw.split("###")[0]
+            done.append((key, self.pipe._reply(raw, stream, self.settings), prepared))
+        return done
