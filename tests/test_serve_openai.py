@@ -142,3 +142,31 @@ def test_a_public_address_needs_a_key(tmp_path):
 
     r = run_cli("serve", "--host", "0.0.0.0", "--port", "1")
     assert r.returncode == 2 and "--api-key" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_loses_nothing(tmp_path):
+    """The chat API shares the bounded queue: a burst past it is refused at once, cleanly."""
+    s = Server(tmp_path, "--no-ui", "--max-batch", "1", "--queue-size", "1")
+    try:
+        codes, lost = [], []
+
+        def one(i: int) -> None:
+            try:
+                r = httpx.post(s.url + "/v1/chat/completions", timeout=120, json={
+                    "messages": [{"role": "user", "content": f"Generate an image of a cube number {i}."}],
+                    "render": False})
+                codes.append((r.status_code, r.headers.get("retry-after"), r.json()))
+            except Exception as e:
+                lost.append(repr(e))
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        s.stop()
+    assert not lost and len(codes) == 8
+    assert {c for c, _, _ in codes} <= {200, 503} and any(c == 200 for c, _, _ in codes)
+    refused = [(ra, body) for c, ra, body in codes if c == 503]
+    assert refused and all(ra == "1" and "busy" in body["error"]["message"] for ra, body in refused)
