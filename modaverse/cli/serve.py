@@ -81,7 +81,7 @@ def register(sub) -> None:
                    "media are not encoded again (default 256)")
     p.add_argument("--api-key", metavar="KEY", help="require Authorization: Bearer KEY on every route (default: "
                    "$MODAVERSE_API_KEY; required with a non-loopback --host)")
-    p.add_argument("--no-ui", action="store_true", help="serve the REST API only")
+    p.add_argument("--no-ui", action="store_true", help="serve the APIs only, without the web chat")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="server log level (default info)")
     p.set_defaults(func=cmd_serve)
