@@ -43,8 +43,8 @@ from modaverse.pipeline.turn import (
     Prepared,
     Reply,
     Request,
+    RowStream,
     Turn,
-    _Stream,
 )
 
 log = logging.getLogger("modaverse")
@@ -285,7 +285,8 @@ class ModaVerse:
             replies |= {k: reply for k, reply, _ in session.step()}
         return [replies[k] for k in range(len(prompts))]
 
-    def _reply(self, raw: str, stream: _Stream, settings: Decoding) -> Reply | ModaverseError:
+    def read_reply(self, raw: str, stream: RowStream, settings: Decoding) -> Reply | ModaverseError:
+        """A finished row's text as a reply: parsed, timed, and why it ended; or why it is no meta-response."""
         timings = {"prefill": (stream.first or stream.end_time) - stream.start,
                    "decode": stream.end_time - (stream.first or stream.end_time), "new_tokens": len(stream.ids)}
         t = time.perf_counter()

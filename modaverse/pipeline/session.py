@@ -17,7 +17,7 @@ import torch
 from modaverse.core.errors import ModaverseError
 from modaverse.llm.decode import Decoder, Sampling
 from modaverse.media import MediaInput
-from modaverse.pipeline.turn import Decoding, Prepared, Reply, Request, _Stream
+from modaverse.pipeline.turn import Decoding, Prepared, Reply, Request, RowStream
 
 
 class Session:
@@ -34,7 +34,7 @@ class Session:
             constraint=pipe.grammar.processor(settings.max_new_tokens) if settings.constrained else None,
             on_token=self._on_token)
         self._tok = tok
-        self._rows: dict[int, tuple[Hashable, Prepared | None, _Stream]] = {}
+        self._rows: dict[int, tuple[Hashable, Prepared | None, RowStream]] = {}
 
     def __len__(self) -> int:
         return len(self.decoder)
@@ -53,15 +53,13 @@ class Session:
              on_texts: Sequence[Callable[[str], None] | None], prepared: Sequence[Prepared | None] | None = None) -> None:
         """Prefills ``prompts`` and adds them to the running batch."""
         now = time.perf_counter()
-        streams = [_Stream(self._tok, on_text, self.settings.constrained, self.pipe.stop_ids) for on_text in on_texts]
+        streams = [RowStream(self._tok, on_text, self.settings.constrained, self.pipe.stop_ids) for on_text in on_texts]
         for st in streams:
             st.start = st.end_time = now
         prepared = prepared or [None] * len(prompts)
-        # the rows' bookkeeping exists before their first token arrives
-        first = self.decoder._next_id
-        for k, (key, prep, st) in enumerate(zip(keys, prepared, streams, strict=True)):
-            self._rows[first + k] = (key, prep, st)
-        self.decoder.join(prompts)
+        ids = self.decoder.join(prompts)  # tokens arrive only in step(), after the rows are known
+        for row, key, prep, st in zip(ids, keys, prepared, streams, strict=True):
+            self._rows[row] = (key, prep, st)
 
     def admit(self, requests: Sequence[tuple[Hashable, Request]]) -> list[tuple[Hashable, ModaverseError]]:
         """Loads, encodes (one encoder batch) and prepares requests, and joins them; returns the refused ones."""
@@ -101,5 +99,5 @@ class Session:
             raw = self._tok.decode(stream.ids, skip_special_tokens=True)
             if self.vicuna_free:
                 raw = raw.split("###")[0]
-            done.append((key, self.pipe._reply(raw, stream, self.settings), prepared))
+            done.append((key, self.pipe.read_reply(raw, stream, self.settings), prepared))
         return done

@@ -113,7 +113,7 @@ class Request:
     output_dir: str | os.PathLike | None = None
 
 
-class _Stream:
+class RowStream:
     """One row of a decoding batch: its tokens up to its end, time to first token, and the reply text
     streamed as it grows."""
 
