@@ -35,14 +35,13 @@ from modaverse.config import MIN_NEW_TOKENS, Config, GenerationConfig
 from modaverse.core.errors import ModaverseError
 from modaverse.pipeline.assistant import check_inputs
 from modaverse.serve.arrivals import Arrivals, read
+from modaverse.serve.http import error_response, http_error, output_links
 from modaverse.serve.openai_api import router as openai_router
 from modaverse.serve.service import (
     MEDIA_TYPES,
-    Busy,
     Limits,
     Service,
     Settings,
-    UploadError,
     check_uploads,
     safe_name,
     upload_folder,
@@ -85,13 +84,6 @@ ERRORS = {code: {"description": text, "content": {"application/json": {"example"
                              (422, "a file that does not decode, or invalid settings"),
                              (503, "the queue is full; retry after Retry-After seconds"),
                              (500, "the request failed inside the model"))}
-
-
-def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    """Every error's body: ``detail`` (FastAPI's key) and ``error`` (OpenAI's, which its clients read)."""
-    kind = "authentication_error" if status == 401 else "invalid_request_error" if status < 500 else "server_error"
-    return JSONResponse({"detail": message, "error": {"message": message, "type": kind, "code": status}},
-                        status_code=status, headers=headers)
 
 
 class BodyCap:
@@ -180,7 +172,7 @@ def create_app(config: Config, outputs: Path, limits: Limits | None = None, *, u
         return error_response(422, f"{field or 'request'}: {first.get('msg', 'invalid')}{more}")
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    async def one_error_body(request: Request, exc: HTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail), exc.headers)
 
     app.include_router(openai_router)
@@ -225,21 +217,12 @@ def create_app(config: Config, outputs: Path, limits: Limits | None = None, *, u
                 result = service.generate(instruction, saved, settings=Settings(temperature, max_new_tokens,
                                                                                  seed, constrained))
                 names = {str(path): f.filename for (path, _), f in zip(saved, files, strict=True)}
-        except UploadError as e:
-            raise HTTPException(e.status, str(e)) from None
-        except Busy as e:
-            raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
-        except ModaverseError as e:
-            raise HTTPException(422, str(e)) from None
-        except Exception as e:  # one request's failure stays in its own response
-            log.exception("request failed")
-            raise HTTPException(500, f"the request failed: {type(e).__name__}: {e}") from None
+        except Exception as e:
+            raise http_error(e) from None
         turn = result.turn
         return {
             "id": result.id, "text": turn.text, "meta_response": turn.meta.as_dict(),
-            "outputs": [{"name": p.name, "url": str(request.url_for("output", rid=result.id, name=p.name)),
-                         "media_type": MEDIA_TYPES.get(p.suffix.lower(), "application/octet-stream")}
-                        for p in turn.outputs],
+            "outputs": output_links(request, result.id, turn.outputs),
             "render_errors": turn.errors,
             "inputs": [{"name": names.get(i.path, Path(i.path).name), "modality": i.modality} for i in turn.inputs],
             "timings": {k: round(v, 4) for k, v in turn.timings.items()}, "queued_s": round(result.queued_s, 4),

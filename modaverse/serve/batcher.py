@@ -55,6 +55,11 @@ class Batcher:
         self._worker = threading.Thread(target=self._run, name="modaverse-batcher", daemon=True)
         self._worker.start()
 
+    @property
+    def waiting(self) -> int:
+        """Requests queued and not yet taken into a batch."""
+        return len(self._jobs)
+
     def submit(self, job: Job) -> Future:
         with self._ready:
             self._jobs.append(job)
@@ -68,15 +73,15 @@ class Batcher:
             first = self._jobs.popleft()
             batch = [first]
             deadline = time.perf_counter() + self.wait
+            busy = self._last_size > 1
             while len(batch) < self.max_batch:
                 batch += self._take(first.key, self.max_batch - len(batch))
                 left = deadline - time.perf_counter()
-                # wait only while more requests are on their way (being read by the server) or the
-                # load is heavy (the last batch was several): a lone request is not kept waiting
-                coming = self.arriving() > 0 or self._last_size > 1
-                if len(batch) >= self.max_batch or left <= 0 or not coming:
+                # wait only while the load is heavy (the last batch was several) or more requests are on
+                # their way (being read by the server; checked again every 5 ms): a lone request is not kept
+                if len(batch) >= self.max_batch or left <= 0 or not (busy or self.arriving() > 0):
                     break
-                self._ready.wait(min(left, 0.005) if not self._last_size > 1 else left)
+                self._ready.wait(left if busy else min(left, 0.005))
             return batch
 
     def _take(self, key: object, room: int) -> list[Job]:

@@ -38,9 +38,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from modaverse.config import MIN_NEW_TOKENS
-from modaverse.core.errors import ModaverseError
 from modaverse.serve.arrivals import read
-from modaverse.serve.service import MEDIA_TYPES, Busy, Service, Settings, UploadError, check_uploads
+from modaverse.serve.http import error_body, http_error, output_links
+from modaverse.serve.service import Service, Settings, UploadError, check_uploads
 
 router = APIRouter()
 
@@ -184,23 +184,8 @@ def _conversation(body: ChatRequest, folder: Path, service: Service) -> tuple[st
 
 
 def _extra(request: Request, rid: str, turn) -> dict:
-    return {"meta_response": turn.meta.as_dict(),
-            "outputs": [{"name": p.name, "url": str(request.url_for("output", rid=rid, name=p.name)),
-                         "media_type": MEDIA_TYPES.get(p.suffix.lower(), "application/octet-stream")}
-                        for p in turn.outputs],
+    return {"meta_response": turn.meta.as_dict(), "outputs": output_links(request, rid, turn.outputs),
             "render_errors": turn.errors}
-
-
-def _status(e: Exception) -> HTTPException:
-    if isinstance(e, HTTPException):
-        return e
-    if isinstance(e, UploadError):
-        return HTTPException(e.status, str(e))
-    if isinstance(e, Busy):
-        return HTTPException(503, str(e), headers={"Retry-After": "1"})
-    if isinstance(e, ModaverseError):
-        return HTTPException(422, str(e))
-    return HTTPException(500, f"the request failed: {type(e).__name__}: {e}")
 
 
 @router.get("/v1/models", summary="the served profile, as an OpenAI model list")
@@ -229,11 +214,11 @@ def chat_completions(request: Request, body: ChatRequest):
         rid, future = service.submit(instruction, files, history, settings,
                                      on_text=chunks.put if body.stream else None)
     except Exception as e:
-        _cleanup(folder)
-        raise _status(e) from None
+        shutil.rmtree(folder, ignore_errors=True)
+        raise http_error(e) from None
     finally:
         read(request)
-    future.add_done_callback(lambda _: (_cleanup(folder), chunks.put(None)))
+    future.add_done_callback(lambda _: (shutil.rmtree(folder, ignore_errors=True), chunks.put(None)))
     created = int(time.time())
     head = {"id": f"chatcmpl-{rid}", "created": created, "model": name}
     if body.stream:
@@ -241,7 +226,7 @@ def chat_completions(request: Request, body: ChatRequest):
     try:
         turn = future.result()
     except Exception as e:
-        raise _status(e) from None
+        raise http_error(e) from None
     return {**head, "object": "chat.completion",
             "choices": [{"index": 0, "finish_reason": turn.finish_reason,
                          "message": {"role": "assistant", "content": turn.text,
@@ -268,12 +253,8 @@ def _events(request: Request, head: dict, rid: str, future, chunks: queue.Queue)
     try:
         turn = future.result()
     except Exception as e:  # the status line has gone; the error travels as an event, as OpenAI's do
-        error = _status(e)
-        yield f"data: {json.dumps({'error': {'message': error.detail, 'code': error.status_code}})}\n\n"
+        error = http_error(e)
+        yield f"data: {json.dumps(error_body(error.status_code, error.detail), ensure_ascii=False)}\n\n"
     else:
         yield event({"modaverse": _extra(request, rid, turn)}, turn.finish_reason)
     yield "data: [DONE]\n\n"
-
-
-def _cleanup(folder: Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)

@@ -139,7 +139,6 @@ class Service:
         # in flight: those being answered (a batch) plus those waiting
         self._slots = threading.BoundedSemaphore(limits.queue_size + limits.max_batch)
         self._count = threading.Lock()
-        self.waiting = 0
         self.served = 0
         self.started = time.time()
         if limits.outputs_ttl:
@@ -152,7 +151,7 @@ class Service:
     def status(self) -> dict:
         cache = self.pipe.embedding_cache
         return {"status": "ok", "config": self.pipe.config.name, "capabilities": list(self.capabilities),
-                "modalities": list(self.pipe.encoder.modalities), "queue": {"waiting": self.waiting,
+                "modalities": list(self.pipe.encoder.modalities), "queue": {"waiting": self.batcher.waiting,
                 "size": self.limits.queue_size}, "served": self.served,
                 "uptime_s": round(time.time() - self.started, 1), "batches": self.batcher.stats(),
                 "embedding_cache": cache.stats() if cache is not None else None}
@@ -191,18 +190,15 @@ class Service:
         decoding = self.pipe.settings(settings.constrained, settings.max_new_tokens, settings.temperature,
                                       settings.seed)
         job = Job(lambda: self._decode(files), request, decoding)
-        with self._count:
-            self.waiting += 1
         future = self.batcher.submit(job)
         future.add_done_callback(lambda f: self._done(f, folder))
         return rid, future
 
     def _done(self, future: Future, folder: Path) -> None:
-        with self._count:
-            self.waiting -= 1
-            if future.exception() is None:
+        if future.exception() is None:
+            with self._count:
                 self.served += 1
-        if future.exception() is not None:
+        else:
             shutil.rmtree(folder, ignore_errors=True)
         self._slots.release()
 
