@@ -94,15 +94,18 @@ def grammar_step_cost(tokenizer, steps: int = 3000) -> dict:
     first = 0.0
     for _ in range(steps):
         if proc is None:
-            proc, ids = grammar.processor(max_new_tokens=10**9), []
+            proc = grammar.processor(max_new_tokens=10**9)
+            proc.add(1)
         scores = torch.randn(1, grammar.vocab_size, generator=gen)
         t = time.perf_counter()
-        scores = proc(torch.tensor([ids], dtype=torch.long), scores)
+        if ids:  # the step's work: consume the last token, then mask the next
+            proc.advance(0, ids[-1])
+        scores = proc.constrain([0], scores)
         spent.append(time.perf_counter() - t)
         first = first or spent[-1]
         tok = int(torch.multinomial(torch.softmax(scores, -1), 1, generator=gen))
         if tok == tokenizer.eos_token_id:
-            proc, done = None, done + 1
+            proc, ids, done = None, [], done + 1
         else:
             ids.append(tok)
     spent.sort()

@@ -26,18 +26,6 @@ class Sampling:
     seed: int = 0
 
 
-def left_pad(prompts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[1, L_i, H]`` prompts as one ``[B, max L, H]`` batch padded on the left, and its attention mask."""
-    length = max(p.shape[1] for p in prompts)
-    first = prompts[0]
-    embeds = first.new_zeros((len(prompts), length, first.shape[2]))
-    mask = torch.zeros((len(prompts), length), dtype=torch.long, device=first.device)
-    for b, p in enumerate(prompts):
-        embeds[b, length - p.shape[1] :] = p[0]
-        mask[b, length - p.shape[1] :] = 1
-    return embeds, mask
-
-
 def _pad_time(x: torch.Tensor, length: int, dim: int) -> torch.Tensor:
     """``x`` left-padded with zeros along ``dim`` to ``length``."""
     missing = length - x.shape[dim]
@@ -46,6 +34,14 @@ def _pad_time(x: torch.Tensor, length: int, dim: int) -> torch.Tensor:
     shape = list(x.shape)
     shape[dim] = missing
     return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+
+def left_pad(prompts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[1, L_i, H]`` prompts as one ``[B, max L, H]`` batch padded on the left, and its attention mask."""
+    length = max(p.shape[1] for p in prompts)
+    embeds = torch.cat([_pad_time(p, length, 1) for p in prompts])
+    mask = torch.cat([_pad_time(p.new_ones(p.shape[:2], dtype=torch.long), length, 1) for p in prompts])
+    return embeds, mask
 
 
 def _choose(scores: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
@@ -66,6 +62,7 @@ class Decoder:
                  constraint=None, on_token: Callable[[int, int], bool] | None = None):
         self.model, self.sampling, self.constraint, self.on_token = model, sampling, constraint, on_token
         self.stop_ids, self.suppress_ids = sorted(set(stop_ids)), sorted(set(suppress_ids))
+        self._stops = self._suppress = None  # as tensors on the model's device, made at the first join
         self.generator: torch.Generator | None = None
         self.rows: list[int] = []  # the id of each row still in the batch, in batch order
         self.counts: list[int] = []  # tokens chosen so far, per row
@@ -88,8 +85,11 @@ class Decoder:
         ids = list(range(self._next_id, self._next_id + len(prompts)))
         self._next_id += len(prompts)
         embeds, mask = left_pad(prompts)
-        if self.generator is None and self.sampling.temperature > 0:
-            self.generator = torch.Generator(device=embeds.device).manual_seed(self.sampling.seed)
+        if self._stops is None:
+            self._stops = torch.tensor(self.stop_ids, dtype=torch.long, device=embeds.device)
+            self._suppress = torch.tensor(self.suppress_ids, dtype=torch.long, device=embeds.device)
+            if self.sampling.temperature > 0:
+                self.generator = torch.Generator(device=embeds.device).manual_seed(self.sampling.seed)
         if self.constraint is not None:
             self.constraint.add(len(prompts))
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -114,13 +114,12 @@ class Decoder:
         """Chooses every row's next token and runs the model on them; returns the ids of the rows that ended
         (a stop id, ``on_token`` saying so, or ``max_new_tokens``), which leave the batch."""
         scores = self.logits
-        device = scores.device
-        if self.suppress_ids:
-            scores[:, torch.tensor(self.suppress_ids, device=device)] = float("-inf")
+        if len(self._suppress):
+            scores[:, self._suppress] = float("-inf")
         if self.constraint is not None:
             scores = self.constraint.constrain(self.rows, scores)
         chosen = _choose(scores, self.sampling, self.generator)
-        ended = torch.isin(chosen, torch.tensor(self.stop_ids, dtype=torch.long, device=device))
+        ended = torch.isin(chosen, self._stops)
         for k, (row, token) in enumerate(zip(self.rows, chosen.tolist(), strict=True)):
             self.counts[k] += 1
             if self.constraint is not None:

@@ -2,7 +2,8 @@
 
 The grammar is the meta-response JSON Schema (:func:`modaverse.meta.schema.json_schema`, built
 from the config's capabilities) compiled by **llguidance**; at every step its token mask
-is applied to the logits in a transformers ``LogitsProcessor``. llguidance was chosen over
+is applied to the logits by the decoder (:mod:`modaverse.llm.decode`), one matcher per row of
+a batch. llguidance was chosen over
 xgrammar (its wheel requires torch *and* triton, i.e. CUDA packages) and outlines-core
 (regex-index construction over the whole vocabulary at start-up; no lazy masks); it is a
 dependency-free wheel, computes masks lazily in tens of microseconds, and supports the
@@ -26,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import LogitsProcessor
 
 from modaverse.core.errors import ModaverseError
 from modaverse.meta import schema as meta
@@ -186,7 +186,7 @@ class _Row:
         self.matcher = llguidance.LLMatcher(grammar.ll_tokenizer, grammar.grammar, log_level=0)
         self.consumed = 0
         self.in_string = self.escaped = False
-        self.done = False  # an end token was consumed: generate() only pads this row from now on
+        self.done = False  # an end token was consumed: the row has ended
 
     def scan(self, piece: bytes) -> None:
         """Tracks whether decoding is inside a JSON string. Only ASCII quotes and backslashes
@@ -200,11 +200,12 @@ class _Row:
                 self.in_string = not self.in_string
 
 
-class MetaConstraint(LogitsProcessor):
-    """Masks logits to the grammar: one matcher per row of the batch, their masks computed together.
+class MetaConstraint:
+    """Masks logits to the grammar: one matcher per row of a batch, their masks computed together.
 
-    Rows finish independently: once a row's matcher has consumed an end token it is left alone
-    (generate() pads it from then on). llguidance fills the whole batch's masks in parallel,
+    A decoder adds rows as they join (:meth:`add`), reports each chosen token (:meth:`advance`)
+    and asks for the live rows' masks (:meth:`constrain`). Once a row has consumed an end token
+    it is left alone. llguidance fills the whole batch's masks in parallel,
     outside the GIL; numpy unpacks them (llguidance.torch is not used: importing it pulls in
     torch's inductor, and its apply helper compiles C++ on first call).
     """
@@ -212,7 +213,6 @@ class MetaConstraint(LogitsProcessor):
     def __init__(self, grammar: MetaGrammar, max_new_tokens: int):
         self.grammar, self.max_new_tokens = grammar, max_new_tokens
         self.rows: list[_Row] = []
-        self._start: int | None = None
         self._executor = None
 
     def add(self, count: int) -> None:
@@ -222,11 +222,6 @@ class MetaConstraint(LogitsProcessor):
         self.rows += [_Row(self.grammar) for _ in range(count)]
         if len(self.rows) > 1 and self._executor is None:
             self._executor = llguidance.LLExecutor()
-
-    def start(self, batch: int) -> None:
-        """One matcher per row of a batch of ``batch`` sequences."""
-        self.rows, self._executor = [], None
-        self.add(batch)
 
     def advance(self, b: int, token: int) -> None:
         """Row ``b`` chose ``token``."""
@@ -254,18 +249,6 @@ class MetaConstraint(LogitsProcessor):
                 if torch.isfinite(scores[k, closing]).any():
                     scores[k, ~closing] = float("-inf")
         return scores
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        """As a transformers logits processor: reads each row's new tokens from ``input_ids``."""
-        if not self.rows:
-            self.start(input_ids.shape[0])
-            self._start = input_ids.shape[1]  # generate() passes prompt ids (if any) plus new ones
-        for b, row in enumerate(self.rows):
-            for tok in input_ids[b, self._start + row.consumed :].tolist():
-                if row.done:
-                    break
-                self.advance(b, tok)
-        return self.constrain(list(range(len(self.rows))), scores)
 
     def _allowed(self, live: list[int]) -> torch.Tensor:
         """The grammar's next-token masks of the ``live`` rows, as booleans ``[len(live), vocab]``."""

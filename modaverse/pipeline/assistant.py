@@ -175,31 +175,28 @@ class ModaVerse:
 
     def embed(self, items: Sequence[MediaInput]) -> torch.Tensor:
         """``[len(items), D]`` embeddings in one encoder batch; with an ``embedding_cache``, only the unseen ones."""
-        if not items:
-            return torch.empty(0, self.encoder.dim)
-        if self.embedding_cache is None:
-            return self.encoder.encode(items)
-        keys = [content_key(i.path, i.modality) for i in items]
-        found = [self.embedding_cache.get(k) for k in keys]
-        todo = [k for k, f in enumerate(found) if f is None]
-        if todo:
-            for k, e in zip(todo, self.encoder.encode([items[k] for k in todo]), strict=True):
-                found[k] = e
-                self.embedding_cache.put(keys[k], e)
-        return torch.stack(found)
+        return self._embed_cached([(i.path, i.modality) for i in items], lambda todo: [items[k] for k in todo])
 
     def embed_files(self, files: Sequence[tuple[str | os.PathLike, str]]) -> torch.Tensor:
         """Files (path, modality) -> embeddings; a file the cache knows is neither decoded nor encoded."""
-        if self.embedding_cache is None:
-            return self.embed([self.encoder.load(p, m) for p, m in files])
+        return self._embed_cached(files, lambda todo: [self.encoder.load(*files[k]) for k in todo])
+
+    def _embed_cached(self, files: Sequence[tuple[str | os.PathLike, str]],
+                      load: Callable[[Sequence[int]], list[MediaInput]]) -> torch.Tensor:
+        """Embeddings of ``files`` (path, modality); ``load(indices)`` gives the inputs of those to encode."""
+        if not files:
+            return torch.empty(0, self.encoder.dim)
+        cache = self.embedding_cache
+        if cache is None:
+            return self.encoder.encode(load(range(len(files))))
         keys = [content_key(p, m) for p, m in files]
-        found = [self.embedding_cache.get(k) for k in keys]
+        found = [cache.get(k) for k in keys]
         todo = [k for k, f in enumerate(found) if f is None]
         if todo:
-            fresh = self.embed([self.encoder.load(*files[k]) for k in todo])
-            for j, k in enumerate(todo):
-                found[k] = fresh[j]
-        return torch.stack(found) if found else torch.empty(0, self.encoder.dim)
+            for k, e in zip(todo, self.encoder.encode(load(todo)), strict=True):
+                found[k] = e
+                cache.put(keys[k], e)
+        return torch.stack(found)
 
     def project(self, modalities: Sequence[str], embeddings: torch.Tensor) -> list[torch.Tensor]:
         """Each input's soft tokens, ``[tokens_per_input, H]``, in the LLM's dtype."""
@@ -216,8 +213,7 @@ class ModaVerse:
         timings: dict[str, float] = {}
         t = time.perf_counter()
         items = self.load_inputs(inputs)
-        current = embeddings if embeddings is not None else (
-            self.encoder.encode(items) if items else torch.empty(0, self.encoder.dim))
+        current = embeddings if embeddings is not None else self.embed(items)
         timings["encode"] = time.perf_counter() - t
 
         messages, modalities, embs = [], [], []
@@ -278,7 +274,7 @@ class ModaVerse:
         Greedy rows decode exactly as they would alone. A row whose answer cannot be parsed gets
         its error in its place; the others are unaffected.
         """
-        session = Session(self, settings)
+        session = self.session(settings)
         session.join(range(len(prompts)), prompts, on_texts or [None] * len(prompts))
         replies: dict[int, Reply | ModaverseError] = {}
         while len(session):
@@ -321,7 +317,7 @@ class ModaVerse:
         """Several requests at once: their media encoded in one encoder batch, their prompts decoded in
         one batch (each row leaving it when its answer ends), then each one's invocations rendered. A
         request that fails gets its error in its place."""
-        session = Session(self, settings)
+        session = self.session(settings)
         out: dict[int, Turn | ModaverseError] = dict(session.admit(list(enumerate(requests))))
         while len(session):
             for k, reply, prepared in session.step():

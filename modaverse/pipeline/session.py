@@ -25,7 +25,7 @@ class Session:
 
     def __init__(self, pipe, settings: Decoding):
         self.pipe, self.settings = pipe, settings
-        tok = pipe.llm.tokenizer
+        self._tok = pipe.llm.tokenizer
         self.vicuna_free = not settings.constrained and pipe.prompts.use_vicuna
         self.decoder = Decoder(
             pipe.llm.model, Sampling(settings.max_new_tokens, settings.temperature, pipe.config.generation.top_p,
@@ -33,7 +33,6 @@ class Session:
             stop_ids=pipe.stop_ids, suppress_ids=sorted(pipe.llm.marker_ids.values()),
             constraint=pipe.grammar.processor(settings.max_new_tokens) if settings.constrained else None,
             on_token=self._on_token)
-        self._tok = tok
         self._rows: dict[int, tuple[Hashable, Prepared | None, RowStream]] = {}
 
     def __len__(self) -> int:
@@ -52,10 +51,7 @@ class Session:
     def join(self, keys: Sequence[Hashable], prompts: Sequence[torch.Tensor],
              on_texts: Sequence[Callable[[str], None] | None], prepared: Sequence[Prepared | None] | None = None) -> None:
         """Prefills ``prompts`` and adds them to the running batch."""
-        now = time.perf_counter()
-        streams = [RowStream(self._tok, on_text, self.settings.constrained, self.pipe.stop_ids) for on_text in on_texts]
-        for st in streams:
-            st.start = st.end_time = now
+        streams = [RowStream(self._tok, on_text, self.settings.constrained) for on_text in on_texts]
         prepared = prepared or [None] * len(prompts)
         ids = self.decoder.join(prompts)  # tokens arrive only in step(), after the rows are known
         for row, key, prep, st in zip(ids, keys, prepared, streams, strict=True):
@@ -94,8 +90,6 @@ class Session:
         done = []
         for row in self.decoder.step():
             key, prepared, stream = self._rows.pop(row)
-            if not stream.ended:
-                stream.end_time = time.perf_counter()
             raw = self._tok.decode(stream.ids, skip_special_tokens=True)
             if self.vicuna_free:
                 raw = raw.split("###")[0]

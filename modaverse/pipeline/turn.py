@@ -67,8 +67,6 @@ class Turn:
         }
 
 
-
-
 @dataclass
 class Prepared:
     """A request ready to decode: loaded inputs, their embeddings, the prompt and its input embeddings."""
@@ -117,24 +115,19 @@ class RowStream:
     """One row of a decoding batch: its tokens up to its end, time to first token, and the reply text
     streamed as it grows."""
 
-    def __init__(self, tokenizer, on_text: Callable[[str], None] | None, constrained: bool,
-                 stop_ids: Sequence[int] = ()):
-        self.tok, self.on_text, self.constrained, self.stop_ids = tokenizer, on_text, constrained, set(stop_ids)
+    def __init__(self, tokenizer, on_text: Callable[[str], None] | None, constrained: bool):
+        self.tok, self.on_text, self.constrained = tokenizer, on_text, constrained
         self.ids: list[int] = []
         self.start = self.end_time = time.perf_counter()
         self.first: float | None = None
         self.shown = ""
-        self.ended = False
 
     def add(self, token: int, now: float) -> None:
-        if self.ended:  # generate() pads a finished row until the whole batch ends
-            return
+        """The row's next token (the decoder stops calling once the row has ended)."""
         if self.first is None:
             self.first = now
         self.ids.append(token)
         self.end_time = now
-        if token in self.stop_ids:
-            self.ended = True
         if self.on_text is None:
             return
         raw = self.tok.decode(self.ids, skip_special_tokens=True)
