@@ -290,6 +290,10 @@ def throughput(args) -> None:
 
 
 def overhead(args) -> None:
+    """Decoding steps timed one by one, free and constrained, over the same number of tokens: the steps
+    where all B rows are still decoding in both (rows that end early would make the batches differ)."""
+    import statistics
+
     import torch
 
     from modaverse.pipeline.assistant import ModaVerse
@@ -297,21 +301,32 @@ def overhead(args) -> None:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     pipe = ModaVerse.from_config(args.config)
-    steps = 96
+    batch = args.overhead
     prompts = [pipe.prepare(f"Generate an image of a {c} circle on a white background, number {i}.").inputs_embeds
-               for i, c in enumerate(["red", "green", "blue", "yellow"] * (args.overhead // 4 + 1))][: args.overhead]
-    report = {"config": args.config, "batch": args.overhead, "max_new_tokens": steps}
-    for constrained in (False, True, False, True):  # twice each; the second of each counts
-        replies = pipe.respond_batch(prompts, Decoding(constrained, steps, 0.0, 0))
-        # decoding steps after the first token, until the batch's last row ends (prefill left out)
-        decode = max(r.timings["decode"] for r in replies)
-        taken = max(int(r.timings["new_tokens"]) for r in replies) - 1
-        name = "constrained" if constrained else "free"
-        report[f"{name}_steps"] = taken
-        report[f"{name}_ms_per_step"] = round(1000 * decode / max(1, taken), 2)
-    report["overhead_pct"] = round(100 * (report["constrained_ms_per_step"] / report["free_ms_per_step"] - 1), 1)
+               for i, c in enumerate(["red", "green", "blue", "yellow"] * (batch // 4 + 1))][:batch]
+
+    def full_steps(constrained: bool) -> list[float]:
+        session = pipe.session(Decoding(constrained, 96, 0.0, 0))
+        session.join(range(batch), prompts, [None] * batch)
+        times = []
+        while len(session) == batch:
+            t = time.perf_counter()
+            session.step()
+            times.append(time.perf_counter() - t)
+        while len(session):
+            session.step()
+        return times[1:]  # the first step chooses from the prefill's logits: the same either way, left out
+
+    runs: dict[bool, list[list[float]]] = {False: [], True: []}
+    for constrained in (False, True) * 4:  # interleaved; the first pair warms up
+        runs[constrained].append(full_steps(constrained))
+    tokens = min(len(t) for r in runs.values() for t in r[1:])
+    ms = {c: statistics.median(1000 * statistics.mean(t[:tokens]) for t in r[1:]) for c, r in runs.items()}
+    report = {"config": args.config, "batch": batch, "steps_compared": tokens,
+              "free_ms_per_step": round(ms[False], 2), "constrained_ms_per_step": round(ms[True], 2),
+              "overhead_pct": round(100 * (ms[True] / ms[False] - 1), 1)}
     print(json.dumps(report, indent=2))
-    out = args.out or ROOT / "benchmarks" / "results" / f"grammar-batch{args.overhead}-{args.config}-cpu.json"
+    out = args.out or ROOT / "benchmarks" / "results" / f"grammar-batch{batch}-{args.config}-cpu.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
 

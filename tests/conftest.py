@@ -90,6 +90,19 @@ def tiny_pipe():
     return ModaVerse.from_config("tiny")
 
 
+def greedy_tokens(pipe, prompts, prefix):
+    """Each prompt's greedy tokens, all decoded in one batch, with or without the shared-prefix cache."""
+    from modaverse.llm.decode import Decoder, Sampling
+
+    tokens: dict[int, list[int]] = {}
+    decoder = Decoder(pipe.llm.model, Sampling(24), stop_ids=pipe.stop_ids, prefix=prefix,
+                      on_token=lambda row, t: tokens.setdefault(row, []).append(t) and False)
+    ids = decoder.join(prompts)
+    while len(decoder):
+        decoder.step()
+    return [tokens[i] for i in ids]
+
+
 def one_line_error(result, *needles):
     """A user error: exit status 2 and one line on stderr holding every needle, never a traceback."""
     assert result.returncode == 2, result.stderr

@@ -11,7 +11,7 @@ from modaverse.meta import schema as meta
 from modaverse.pipeline.assistant import ModaVerse
 
 from . import media_factory as mf
-from .conftest import IB
+from .conftest import IB, greedy_tokens
 
 
 def test_image_audio_and_video_together(tiny_pipe):
@@ -145,6 +145,34 @@ def test_batched_greedy_decoding_equals_one_at_a_time(tiny_pipe):
         assert both.raw == one.raw and both.meta == one.meta and both.finish_reason == one.finish_reason
         assert "".join(streamed) == both.text
     assert sum(len(c) > 1 for c in chunks) >= 1  # the text arrives in pieces, not at the end
+
+
+def test_the_shared_prompt_start_is_prefilled_once_and_decodes_as_a_full_prefill(tiny_pipe):
+    """The system turn's cache is computed once and reused; a prompt that does not start with it
+    (here one whose first embedding is changed) is prefilled whole, in the same join."""
+    prefix = tiny_pipe.prefix()
+    shared = tiny_pipe.prompts.shared_prefix
+    assert prefix is not None and len(prefix) == len(shared) > 5 and tiny_pipe.prefix() is prefix
+    first = tiny_pipe("hi")
+    ready = [tiny_pipe.prepare("What is in <media>?", [IB / "image_a.png"]), tiny_pipe.prepare("hi", history=[first])]
+    assert all(r.prompt.input_ids[: len(shared)].tolist() == shared for r in ready)
+    odd = ready[0].inputs_embeds.clone()
+    odd[:, 0] += 1
+    prompts = [r.inputs_embeds for r in ready] + [odd]
+    assert [prefix.starts(p) for p in prompts] == [True, True, False]
+    with_prefix = greedy_tokens(tiny_pipe, prompts, prefix)
+    assert with_prefix == greedy_tokens(tiny_pipe, prompts, None)
+    assert with_prefix == [greedy_tokens(tiny_pipe, [p], prefix)[0] for p in prompts]
+
+
+def test_the_prefix_cache_is_remade_when_the_weights_change(tiny_pipe):
+    """A training step or a loaded adapter edits weights in place: the cached prefix must follow."""
+    prefix = tiny_pipe.prefix()
+    weight = next(tiny_pipe.llm.model.parameters())
+    with torch.no_grad():
+        weight.mul_(1.0)  # an in-place write, as an optimiser step makes (the values stay the same)
+    again = tiny_pipe.prefix()
+    assert again is not prefix and torch.equal(again.embeds, prefix.embeds)
 
 
 def test_a_failing_request_does_not_fail_its_batch(tiny_pipe, tmp_path):

@@ -7,7 +7,13 @@ rows still decoding cost; new prompts are prefilled as a group and joined betwee
 (continuous batching), their cache left-padded to the batch's length. Left padding, with
 position ids counted from each row's first real token, makes a row decode as it would
 alone (greedy). The decoder takes an optional constraint (the meta-response grammar:
-``add``, ``advance``, ``constrain``) and calls ``on_token`` with every token of every row.
+``add``, ``advance``, ``prefetch``, ``constrain``) and calls ``on_token`` with every token of every row.
+
+Every prompt starts with the same system turn. A :class:`Prefix` holds its key/value cache,
+computed once; a prompt that starts with it is prefilled from its first own token (the
+padding then sits between the shared prefix and each row's own tokens, masked like any
+other). Prefill does not batch on a compute-bound device, so this is most of what a
+server saves per request beyond batching the decode steps (vLLM calls it prefix caching).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,29 @@ def left_pad(prompts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tenso
     return embeds, mask
 
 
+class Prefix:
+    """The key/value cache of ``embeds`` (``[1, P, H]``), the input embeddings every prompt starts with."""
+
+    def __init__(self, model, embeds: torch.Tensor):
+        with torch.inference_mode():
+            out = model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
+        self.embeds, self._layers = embeds, out.cache.layers
+        #: False for caches rows cannot share by concatenation (sliding windows): then it is not used.
+        self.usable = all(type(layer) is DynamicLayer for layer in self._layers)
+
+    def __len__(self) -> int:
+        return self.embeds.shape[1]
+
+    def starts(self, prompt: torch.Tensor) -> bool:
+        """Whether ``prompt`` begins with the prefix and has tokens of its own after it."""
+        return prompt.shape[1] > len(self) and torch.equal(prompt[:, : len(self)], self.embeds)
+
+    def expand(self, rows: int):
+        """A fresh cache holding the prefix for ``rows`` rows (the prefix's own tensors stay untouched)."""
+        return DynamicCache([(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1))
+                             for layer in self._layers])
+
+
 def _choose(scores: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
     if sampling.temperature <= 0:
         return scores.argmax(-1)
@@ -59,8 +89,9 @@ class Decoder:
     """A running batch of rows (ids from :meth:`join`); :meth:`step` decodes one token for each."""
 
     def __init__(self, model, sampling: Sampling, *, stop_ids: Sequence[int], suppress_ids: Sequence[int] = (),
-                 constraint=None, on_token: Callable[[int, int], bool] | None = None):
+                 constraint=None, on_token: Callable[[int, int], bool] | None = None, prefix: Prefix | None = None):
         self.model, self.sampling, self.constraint, self.on_token = model, sampling, constraint, on_token
+        self.prefix = prefix if prefix is not None and prefix.usable else None
         self.stop_ids, self.suppress_ids = sorted(set(stop_ids)), sorted(set(suppress_ids))
         self._stops = self._suppress = None  # as tensors on the model's device, made at the first join
         self.generator: torch.Generator | None = None
@@ -75,8 +106,6 @@ class Decoder:
     @property
     def joinable(self) -> bool:
         """Rows can join a running batch when every cache layer is a plain growing one (not sliding windows)."""
-        from transformers.cache_utils import DynamicLayer
-
         return self.cache is None or all(type(layer) is DynamicLayer for layer in self.cache.layers)
 
     @torch.inference_mode()
@@ -84,30 +113,47 @@ class Decoder:
         """Prefills ``prompts`` (each ``[1, L, H]`` input embeddings) and adds them to the batch; returns their ids."""
         ids = list(range(self._next_id, self._next_id + len(prompts)))
         self._next_id += len(prompts)
-        embeds, mask = left_pad(prompts)
         if self._stops is None:
-            self._stops = torch.tensor(self.stop_ids, dtype=torch.long, device=embeds.device)
-            self._suppress = torch.tensor(self.suppress_ids, dtype=torch.long, device=embeds.device)
+            device = prompts[0].device
+            self._stops = torch.tensor(self.stop_ids, dtype=torch.long, device=device)
+            self._suppress = torch.tensor(self.suppress_ids, dtype=torch.long, device=device)
             if self.sampling.temperature > 0:
-                self.generator = torch.Generator(device=embeds.device).manual_seed(self.sampling.seed)
+                self.generator = torch.Generator(device=device).manual_seed(self.sampling.seed)
         if self.constraint is not None:
             self.constraint.add(len(prompts))
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
-                         logits_to_keep=1)
-        logits = out.logits[:, -1, :].float()
-        if self.cache is None:
-            self.cache, self.mask, self.logits = out.cache, mask, logits
-        else:
-            length = max(self.mask.shape[1], mask.shape[1])
-            for old, new in zip(self.cache.layers, out.cache.layers, strict=True):
-                old.keys = torch.cat([_pad_time(old.keys, length, 2), _pad_time(new.keys, length, 2)])
-                old.values = torch.cat([_pad_time(old.values, length, 2), _pad_time(new.values, length, 2)])
-            self.mask = torch.cat([_pad_time(self.mask, length, 1), _pad_time(mask, length, 1)])
-            self.logits = torch.cat([self.logits, logits])
-        self.rows += ids
+        shared = [self.prefix is not None and self.prefix.starts(p) for p in prompts]
+        for prefixed in (True, False):  # the rows after the shared prefix, then any that do not start with it
+            group = [k for k, s in enumerate(shared) if s == prefixed]
+            if group:
+                cut = len(self.prefix) if prefixed else 0
+                self._add(*self._prefill([prompts[k][:, cut:] for k in group], prefixed))
+                self.rows += [ids[k] for k in group]
         self.counts += [0] * len(ids)
         return ids
+
+    def _prefill(self, prompts: Sequence[torch.Tensor], prefixed: bool):
+        """Runs the model on ``prompts`` (after the shared prefix when ``prefixed``): cache, mask, last logits."""
+        embeds, mask = left_pad(prompts)
+        cache = None
+        if prefixed:
+            cache = self.prefix.expand(len(prompts))
+            mask = torch.cat([mask.new_ones((len(prompts), len(self.prefix))), mask], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -embeds.shape[1]:]
+        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache,
+                         use_cache=True, logits_to_keep=1)
+        return out.cache, mask, out.logits[:, -1, :].float()
+
+    def _add(self, cache, mask: torch.Tensor, logits: torch.Tensor) -> None:
+        """Appends prefilled rows to the batch, left-padding the shorter of the two caches."""
+        if self.cache is None:
+            self.cache, self.mask, self.logits = cache, mask, logits
+            return
+        length = max(self.mask.shape[1], mask.shape[1])
+        for old, new in zip(self.cache.layers, cache.layers, strict=True):
+            old.keys = torch.cat([_pad_time(old.keys, length, 2), _pad_time(new.keys, length, 2)])
+            old.values = torch.cat([_pad_time(old.values, length, 2), _pad_time(new.values, length, 2)])
+        self.mask = torch.cat([_pad_time(self.mask, length, 1), _pad_time(mask, length, 1)])
+        self.logits = torch.cat([self.logits, logits])
 
     @torch.inference_mode()
     def step(self) -> list[int]:
@@ -136,6 +182,8 @@ class Decoder:
             self.mask, chosen = self.mask[keep], chosen[keep]
             self.rows = [self.rows[k] for k in keep.tolist()]
             self.counts = [self.counts[k] for k in keep.tolist()]
+        if self.constraint is not None:
+            self.constraint.prefetch(self.rows)  # the grammar's next masks, made while the model runs
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
         positions = self.mask.sum(-1, keepdim=True) - 1
         out = self.model(input_ids=chosen[:, None], attention_mask=self.mask, position_ids=positions, cache=self.cache,

@@ -118,6 +118,22 @@ class PromptBuilder:
         return [int(i) for i, t in zip(prompt.input_ids, prompt.target_mask, strict=True)
                 if t and int(i) in self.special_ids]
 
+    @cached_property
+    def shared_prefix(self) -> list[int]:
+        """The token ids every generation prompt starts with (the system turn and what opens a user turn).
+
+        Found as the common start of probes whose user text begins differently, so a template that
+        merges the turn's opening with its first characters gives a shorter prefix, never a wrong one.
+        A decoder computes its key/value cache once (:class:`~modaverse.llm.decode.Prefix`).
+        """
+        probes = [[Message("user", text)] for text in ("a", "Z", "0", " x", "?", "\n", "<", "Hello there")]
+        common = self._tokenize(probes[0], generation=True).input_ids.tolist()
+        for probe in probes[1:]:
+            ids = self._tokenize(probe, generation=True).input_ids.tolist()[: len(common)]
+            same = [a == b for a, b in zip(common, ids, strict=False)] + [False]
+            common = common[: same.index(False)]
+        return common
+
     # -- rendering -------------------------------------------------------------------------------
     def _check_text(self, text: str, what: str) -> None:
         for t in self.reserved:

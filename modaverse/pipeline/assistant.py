@@ -31,6 +31,7 @@ from modaverse.core.errors import ModaverseError
 from modaverse.core.strict import reason
 from modaverse.encoder.embed import Encoder
 from modaverse.encoder.memo import EmbeddingLRU, content_key
+from modaverse.llm.decode import Prefix
 from modaverse.llm.model import LLM, load_llm, load_tokenizer, wrap_bpe
 from modaverse.llm.prompt import Message, Prompt, PromptBuilder, assemble_embeddings, marker_tokens
 from modaverse.media import MediaInput
@@ -129,6 +130,7 @@ class ModaVerse:
         # The grammar's per-tokenizer set-up takes about a second at large vocabularies; it runs
         # beside whatever comes next (loading inputs, encoding) instead of before it.
         self._grammar = _BACKGROUND.submit(self._build_grammar)
+        self._prefix: tuple[tuple, Prefix | None] | None = None  # (the weights it was made with, the cache)
 
     @classmethod
     def from_pretrained(cls, checkpoint_path: str | os.PathLike, overrides: Sequence[str] = (), *,
@@ -323,6 +325,18 @@ class ModaVerse:
             for k, reply, prepared in session.step():
                 out[k] = reply if isinstance(reply, ModaverseError) else self.finish(requests[k], prepared, reply)
         return [out[k] for k in range(len(requests))]
+
+    @torch.inference_mode()
+    def prefix(self) -> Prefix | None:
+        """The shared prompt start's key/value cache, made again whenever the LLM's weights, device or
+        mode changed since (training steps, loaded adapters), so it never answers for other weights."""
+        model = self.llm.model
+        params = list(model.parameters())
+        state = (model.training, params[0].device, params[0].dtype, tuple((id(p), p._version) for p in params))
+        if self._prefix is None or self._prefix[0] != state:
+            ids = self.prompts.shared_prefix
+            self._prefix = (state, Prefix(model, self.llm.embed_tokens(torch.tensor([ids]))) if ids else None)
+        return self._prefix[1]
 
     def session(self, settings: Decoding) -> Session:
         """A running decode to feed requests into as they come (what the server's batcher keeps)."""

@@ -32,7 +32,7 @@ class Session:
                                      settings.seed),
             stop_ids=pipe.stop_ids, suppress_ids=sorted(pipe.llm.marker_ids.values()),
             constraint=pipe.grammar.processor(settings.max_new_tokens) if settings.constrained else None,
-            on_token=self._on_token)
+            on_token=self._on_token, prefix=pipe.prefix())
         self._rows: dict[int, tuple[Hashable, Prepared | None, RowStream]] = {}
 
     def __len__(self) -> int:
