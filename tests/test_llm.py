@@ -115,3 +115,26 @@ def test_missing_model_is_one_clear_error(tmp_path):
         load_llm(LLMConfig(model=str(tmp_path / "nowhere"), device="cpu"), MARKERS)
     with pytest.raises(ModaverseError, match="llm.arch"):
         load_llm(LLMConfig(arch={"model_type": "no-such-model"}, device="cpu"), MARKERS, tiny_tokenizer())
+
+
+@pytest.mark.parametrize("arch,shared", [(TINY_ARCH, True), (GEMMA_ARCH, False)], ids=["llama", "gemma3-sliding"])
+def test_a_shared_prefix_is_used_only_by_caches_rows_can_share(arch, shared):
+    """Sliding-window caches (Gemma 3) cannot be extended per row by concatenation: the decoder
+    then prefills whole prompts, with the same tokens as a decoder given no prefix."""
+    from modaverse.llm.decode import Decoder, Prefix, Sampling
+
+    llm = load_llm(LLMConfig(arch=arch, device="cpu"), MARKERS, tiny_tokenizer())
+    embeds = llm.embed_tokens(torch.tensor([[5, 6, 7, 8, 9, 10, 11]]))
+    prefix = Prefix(llm.model, embeds[:, :4])
+    assert prefix.usable is shared and prefix.starts(embeds) and not prefix.starts(embeds[:, :4])
+    runs = []
+    for given in (prefix, None):
+        tokens: list[int] = []
+        decoder = Decoder(llm.model, Sampling(6), stop_ids=[], prefix=given,
+                          on_token=lambda row, t, tokens=tokens: tokens.append(t) and False)
+        assert (decoder.prefix is not None) is (shared and given is not None)
+        decoder.join([embeds])
+        while len(decoder):
+            decoder.step()
+        runs.append(tokens)
+    assert runs[0] == runs[1] and len(runs[0]) == 6
