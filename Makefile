@@ -47,10 +47,19 @@ test: setup-dev
 # small synthetic set in the dataset layout.
 DEMO := demo-out
 PROFILE := smol
+define SCORES
+import json, sys
+names = {"test": "in distribution (new files, training ranges)", "shifted": "shifted (parameters outside them)"}
+for split, r in json.load(sys.stdin)["splits"].items():
+    m = r["per_form"]["media-bearing"]
+    print(f"{names[split]}: capability accuracy {m['capability_accuracy']:.0%}, prompt exact match "
+          f"{m['prompt_exact_match']:.0%} on {m['items']} conversations")
+endef
+export SCORES
 demo: setup
 	@echo "== new synthetic inputs (never seen in training)"
-	@$(BIN)/modaverse data synth --output $(DEMO)/inputs --num 30 --seed 2026 --test-fraction 1 --force \
-		--benchmark-sets 8 >/dev/null
+	@$(BIN)/modaverse data synth --output $(DEMO)/inputs --num 48 --seed 2026 --test-fraction 0.5 \
+		--shifted-fraction 0.5 --force --benchmark-sets 8 >/dev/null
 	@echo "== What is in this picture? ($(DEMO)/inputs/media/image-00006.png)"
 	@$(BIN)/modaverse generate "What is in this picture? <media>" -i $(DEMO)/inputs/media/image-00006.png \
 		--config $(PROFILE) --output-dir $(DEMO)/describe --force
@@ -60,10 +69,9 @@ demo: setup
 	@echo "== Animate this picture ($(DEMO)/inputs/media/image-00012.png; the tiny video generator renders noise)"
 	@$(BIN)/modaverse generate "Animate <media>." -i $(DEMO)/inputs/media/image-00012.png \
 		--config $(PROFILE) --output-dir $(DEMO)/animate --force
-	@echo "== Scored on 30 new synthetic conversations"
-	@$(BIN)/modaverse eval invocations --data $(DEMO)/inputs/test.jsonl --config $(PROFILE) \
-		--set train.feature_cache=$(DEMO)/cache 2>/dev/null \
-		| $(BIN)/python -c "import json,sys; r=json.load(sys.stdin); print(f\"held-out (synthetic): capability accuracy {r['capability_accuracy']:.0%}, prompt exact match {r['prompt_exact_match']:.0%} on {r['items']} new conversations\")"
+	@echo "== Scored on 48 new synthetic conversations: media-bearing ones (text-only ones need no input)"
+	@$(BIN)/modaverse eval invocations --data $(DEMO)/inputs/test.jsonl $(DEMO)/inputs/shifted.jsonl \
+		--config $(PROFILE) --set train.feature_cache=$(DEMO)/cache 2>/dev/null | $(BIN)/python -c "$$SCORES"
 	@rm -rf $(DEMO)/eval
 	@if command -v java >/dev/null 2>&1; then \
 		echo "== COCO captioning's table, on 8 synthetic images (not COCO: only the layout and metrics are the paper's)"; \

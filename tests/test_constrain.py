@@ -68,8 +68,15 @@ def test_one_hundred_seeds_all_give_schema_valid_meta_responses(random_pipe):
     assert seen["wrap_up"] > 0  # some answers needed the wrap-up to close in time
 
 
-def test_greedy_decoding_that_never_closes_a_string_is_wrapped_up(random_pipe):
-    """Greedy decoding of the random model loops inside the reply; the wrap-up still closes the JSON."""
-    turn = random_pipe("Describe it", [IB / "image_a.png"], temperature=0.0, max_new_tokens=96)
-    assert turn.timings["new_tokens"] > 96 - WRAP_UP_TOKENS  # it had to wrap up
-    meta.parse(turn.raw, random_pipe.capabilities)
+def test_greedy_decoding_that_never_closes_a_string_is_wrapped_up():
+    """Greedy decoding of a random model often loops inside the reply (which seeds do depends on
+    the vocabulary); wherever it does, the wrap-up still closes the JSON."""
+    from modaverse.pipeline.assistant import ModaVerse
+
+    wrapped = 0
+    for seed in range(1, 5):
+        pipe = ModaVerse.from_config("tiny", ["checkpoint=null", f"llm.seed={seed}"])
+        turn = pipe("Describe it", [IB / "image_a.png"], temperature=0.0, max_new_tokens=96)
+        meta.parse(turn.raw, pipe.capabilities)
+        wrapped += turn.timings["new_tokens"] > 96 - WRAP_UP_TOKENS  # it had to wrap up
+    assert wrapped > 0

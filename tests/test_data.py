@@ -54,7 +54,7 @@ def test_synth_is_deterministic_and_valid(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     synthesize(a, num=30, seed=3)
     synthesize(b, num=30, seed=3)
-    for name in ("train.jsonl", "test.jsonl"):
+    for name in ("train.jsonl", "test.jsonl", "shifted.jsonl", "media.jsonl"):
         assert (a / name).read_bytes() == (b / name).read_bytes()
     files = sorted(p.name for p in (a / "media").iterdir())
     assert files == sorted(p.name for p in (b / "media").iterdir())
@@ -68,14 +68,47 @@ def test_synth_is_deterministic_and_valid(tmp_path):
             with av.open(str(root / "media" / f)) as c:
                 frames.append(np.stack([x.to_ndarray(format="rgb24") for x in c.decode(video=0)]).astype(float))
         assert frames[0].shape == frames[1].shape and np.abs(frames[0] - frames[1]).mean() < 1.0
-    train = [json.loads(x) for x in (a / "train.jsonl").read_text().splitlines()]
-    test = [json.loads(x) for x in (a / "test.jsonl").read_text().splitlines()]
-    assert len(train) + len(test) == 30 and len(test) >= 4
-    train_media = {m["path"] for r in train for t in r["messages"] if t["role"] == "user" for m in t["media"]}
-    test_media = {m["path"] for r in test for t in r["messages"] if t["role"] == "user" for m in t["media"]}
-    assert not train_media & test_media  # held-out inputs are new files
-    kinds = {p.split("/")[1].split("-")[0] for p in train_media}
+    train, test, shifted = ([json.loads(x) for x in (a / f"{split}.jsonl").read_text().splitlines()]
+                            for split in ("train", "test", "shifted"))
+    assert len(train) + len(test) + len(shifted) == 30 and len(test) == len(shifted) == 3
+    kinds = {p.split("/")[1].split("-")[0] for p in media_of(train)}
     assert kinds == {"image", "video", "audio"}
+
+
+def media_of(records: list[dict]) -> set[str]:
+    return {m["path"] for r in records for t in r["messages"] if t["role"] == "user" for m in t["media"]}
+
+
+def test_synth_splits_share_no_file_and_the_shifted_one_lies_outside_the_training_ranges(tmp_path):
+    """In distribution: new files from the training ranges. Shifted: each file has its listed axes
+    (several per file, every axis somewhere) outside them, the background among them."""
+    import hashlib
+
+    from modaverse.data.scenes import BACKGROUNDS, SHIFTED_AXES, SPANS, axes
+
+    synthesize(tmp_path, num=240, seed=11, test_fraction=0.25, shifted_fraction=0.25)
+    records = {s: [json.loads(x) for x in (tmp_path / f"{s}.jsonl").read_text().splitlines()]
+               for s in ("train", "test", "shifted")}
+    files = {s: media_of(r) for s, r in records.items()}
+    digests = {s: {hashlib.sha256((tmp_path / f).read_bytes()).hexdigest() for f in fs} for s, fs in files.items()}
+    for one, other in (("train", "test"), ("train", "shifted"), ("test", "shifted")):
+        assert not files[one] & files[other] and not digests[one] & digests[other]
+    manifest = [json.loads(x) for x in (tmp_path / "media.jsonl").read_text().splitlines()]
+    assert {m["media"] for m in manifest if m["split"] == "shifted"} >= files["shifted"]
+    moved: dict[str, set[str]] = {"image": set(), "video": set(), "audio": set()}
+    for m in manifest:
+        spans, params = SPANS[m["modality"]], m["params"]
+        if "background" in params:
+            palette = BACKGROUNDS["shifted" if "background" in params.get("shifted", ()) else "train"]
+            assert tuple(params["background"]) in palette
+        if m["split"] != "shifted":
+            assert all(span.holds(params[name]) for name, span in spans.items()), m
+            continue
+        assert len(params["shifted"]) == SHIFTED_AXES[m["modality"]]
+        assert not any(spans[name].holds(params[name]) for name in params["shifted"] if name in spans), m
+        assert all(span.holds(params[name]) for name, span in spans.items() if name not in params["shifted"]), m
+        moved[m["modality"]] |= set(params["shifted"])
+    assert all(moved[k] == set(axes(k)) for k in moved)  # every axis is shifted in some file
 
 
 def test_data_synth_and_validate_cli(tmp_path):
@@ -86,6 +119,9 @@ def test_data_synth_and_validate_cli(tmp_path):
     one_line_error(r, "already holds", "--force")
     one_line_error(run_cli("data", "synth", "--output", tmp_path / "x", "--test-fraction", "2"),
                     "--test-fraction", "2.0 is not between 0 and 1")
+    one_line_error(run_cli("data", "synth", "--output", tmp_path / "x", "--test-fraction", "0.6",
+                           "--shifted-fraction", "0.5"), "add up to more than 1")
+    assert not (tmp_path / "x").exists()  # refused before anything is written
     r = run_cli("data", "validate", tmp_path / "train.jsonl")
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip().endswith("0 bad")

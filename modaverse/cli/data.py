@@ -24,14 +24,23 @@ def cmd_data(args: argparse.Namespace) -> int:
         from modaverse.data.synth import synthesize
 
         out = Path(args.output)
-        if any((out / f).exists() for f in ("train.jsonl", "test.jsonl")) and not args.force:
-            raise ModaverseError(f"{out}: already holds train.jsonl/test.jsonl; pass --force to replace them")
+        from modaverse.data.synth import SPLITS
+
+        held = [f"{split}.jsonl" for split in SPLITS if (out / f"{split}.jsonl").exists()]
+        if held and not args.force:
+            raise ModaverseError(f"{out}: already holds {', '.join(held)}; pass --force to replace them")
+        if args.test_fraction + args.shifted_fraction > 1:
+            raise ModaverseError(f"--test-fraction {args.test_fraction} and --shifted-fraction "
+                                 f"{args.shifted_fraction} add up to more than 1")
         per = max(1, args.per_input)
         with tqdm(total=-(-args.num // per), unit="input", desc="synth", disable=None, file=sys.stderr,
                   leave=False) as bar:
-            train, test = synthesize(out, args.num, args.seed, args.test_fraction, per, on_progress=bar.update)
-        count = [len(p.read_text().splitlines()) for p in (train, test)]
-        print(f"wrote {count[0]} training and {count[1]} held-out conversations: {train}, {test}")
+            paths = synthesize(out, args.num, args.seed, args.test_fraction, args.shifted_fraction, per,
+                               on_progress=bar.update)
+        count = {split: len(p.read_text().splitlines()) for split, p in paths.items()}
+        print(f"wrote {count['train']} training, {count['test']} in-distribution held-out and {count['shifted']} "
+              f"shifted held-out conversations to {out} (train.jsonl, test.jsonl, shifted.jsonl; "
+              f"each file's split and parameters: media.jsonl)")
         if args.benchmark_sets:
             from modaverse.data.synth import write_benchmark_set
 
@@ -77,22 +86,25 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("data", help="synthesise, validate or import training data",
-                       description="synth: write the synthetic benchmark set (media + train/test JSONL). "
+                       description="synth: write the synthetic benchmark set (media + train/test/shifted JSONL). "
                        "validate FILE: report bad records with line numbers (exit 1 if any). "
                        "import FORMAT SRC: convert official / llava / pandagpt JSON to our JSONL. "
                        "schema: print the JSON Schema of one record.")
     dsub = p.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=Parser)
     q = dsub.add_parser("synth", help="write the synthetic benchmark set")
-    q.add_argument("--output", "-o", required=True, metavar="DIR", help="folder for media/, train.jsonl, test.jsonl")
+    q.add_argument("--output", "-o", required=True, metavar="DIR", help="folder for media/, train.jsonl, test.jsonl, shifted.jsonl")
     q.add_argument("--num", type=positive_int, default=3000, metavar="N", help="conversations in all (default 3000)")
     q.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
-    q.add_argument("--test-fraction", type=fraction, default=0.2, metavar="F", help="held-out share (default 0.2)")
+    q.add_argument("--test-fraction", type=fraction, default=0.1, metavar="F",
+                   help="share held out in distribution: new files from the training ranges (default 0.1)")
+    q.add_argument("--shifted-fraction", type=fraction, default=0.1, metavar="F",
+                   help="share held out with parameters outside the training ranges (default 0.1)")
     q.add_argument("--per-input", type=positive_int, default=1, metavar="K",
                    help="conversations sharing each media file (default 1)")
     q.add_argument("--benchmark-sets", type=positive_int, metavar="N",
                    help="also write N new items per modality under DIR/benchmarks/{image,video,audio}, "
                    "in the dataset layout of `modaverse eval run` (try the runners offline)")
-    q.add_argument("--force", action="store_true", help="replace existing train.jsonl/test.jsonl")
+    q.add_argument("--force", action="store_true", help="replace existing split files")
     q.set_defaults(func=cmd_data)
     q = dsub.add_parser("validate", help="report bad records with line numbers")
     q.add_argument("file", metavar="FILE")

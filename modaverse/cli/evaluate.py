@@ -52,17 +52,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         from modaverse.evaluation.invocations import evaluate_invocations
 
-        if not Path(args.data).is_file():
-            raise ModaverseError(f"{args.data}: no such file")
-        result = evaluate_invocations(load(args), args.data, limit=args.limit)
-        every = result.pop("all_mistakes")
+        for data in args.data:
+            if not Path(data).is_file():
+                raise ModaverseError(f"{data}: no such file")
+        names = [Path(d).stem for d in args.data]
+        if len(set(names)) < len(names):
+            raise ModaverseError(f"--data: two files share a name ({', '.join(names)}); scores are reported by file name")
+        from modaverse.pipeline.assistant import ModaVerse
+
+        config = load(args)
+        pipe, splits, every = ModaVerse.from_config(config), {}, []
+        for name, data in zip(names, args.data, strict=True):
+            splits[name] = evaluate_invocations(config, data, limit=args.limit, pipe=pipe)
+            every += [{"split": name, **m} for m in splits[name].pop("all_mistakes")]
+        result = splits[names[0]] if len(names) == 1 else {"splits": splits}
+        shown = sum(len(r["first_mistakes"]) for r in splits.values())
         if args.mistakes:
             from modaverse.core.atomic import write_text_atomic
 
             write_text_atomic(Path(args.mistakes), "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in every))
             print(f"wrote all {len(every)} mistake(s) to {args.mistakes}", file=sys.stderr)
-        elif len(every) > len(result["first_mistakes"]):
-            print(f"modaverse: note: {len(every)} mistakes, the first {len(result['first_mistakes'])} shown; "
+        elif len(every) > shown:
+            print(f"modaverse: note: {len(every)} mistakes, {shown} shown; "
                   "--mistakes PATH writes them all", file=sys.stderr)
     for note in result.get("notes", []):
         print(f"modaverse: note: {note}", file=sys.stderr)
@@ -113,8 +124,11 @@ def register(sub) -> None:
     q.set_defaults(func=cmd_eval)
     q = esub.add_parser("invocations", help="capability accuracy and prompt match of meta-responses",
                         description="For each record of --data, answer the conversation up to its last "
-                        "assistant message and compare: capability accuracy, prompt exact match and BLEU (JSON).")
-    q.add_argument("--data", required=True, metavar="FILE", help="JSONL in the training format")
+                        "assistant message and compare: capability accuracy, prompt exact match and BLEU (JSON), "
+                        "overall, per form of record (text-only, media, multi-turn, media-bearing) and per "
+                        "capability. Several files (e.g. a synthetic set's test.jsonl and shifted.jsonl) are "
+                        'scored one by one and reported under "splits", by file name.')
+    q.add_argument("--data", required=True, nargs="+", metavar="FILE", help="JSONL file(s) in the training format")
     add_config_args(q)
     add_checkpoint_arg(q)
     q.add_argument("--limit", type=positive_int, metavar="N", help="score only the first N records")

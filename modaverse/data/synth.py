@@ -1,4 +1,4 @@
-"""A small generated instruction set that proves training works end to end, offline.
+"""A generated instruction set that measures what training learned, offline.
 
 Coloured shapes as images and as moving videos, tones and noise bursts as audio, with
 instructions of the paper's kinds: describe the input, answer a question about it, and
@@ -7,7 +7,9 @@ generation requests and two-turn conversations. Every answer is determined by th
 instruction and the input's content, so held-out accuracy measures whether the adaptors
 carry the content into the LLM and the LLM learned the meta-response format.
 
-Everything is seeded: the same ``--num`` and ``--seed`` give identical records, images and
+Three splits (:mod:`modaverse.data.scenes` draws their media): ``train``, ``test`` (new
+files from the training ranges: in distribution) and ``shifted`` (new files with parameters
+outside them). Everything is seeded: the same arguments give identical records, images and
 audio; videos decode to the same frames up to the H.264 encoder's run-to-run variation.
 """
 
@@ -20,24 +22,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from modaverse.data.records import assistant, user
+from modaverse.data.scenes import COLOURS, SHAPES, SOUNDS, draw, write
 
-COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
-#: Chosen so that even a random tiny encoder separates them (a square and a circle look alike to it).
-SHAPES = ("circle", "triangle", "ring")
-#: Sound kind -> (description, is it a tone).
-SOUNDS = {"low": ("a low hum", True), "high": ("a high beep", True), "noise": ("a burst of white noise", False),
-          "chirp": ("a rising chirp", True)}
-
-IMAGE_SIZE, VIDEO_SIZE, VIDEO_FRAMES, VIDEO_FPS = 96, 64, 24, 8
-AUDIO_RATE, AUDIO_SECONDS = 16000, 2.0
+SPLITS = ("train", "test", "shifted")
 
 
 @dataclass(frozen=True)
 class Item:
-    """One synthetic input and the facts its answers are made of."""
+    """One synthetic input's content: the facts its answers are made of."""
 
     modality: str  # image, video or audio
     colour: str = ""
@@ -46,11 +39,11 @@ class Item:
 
     @property
     def picture(self) -> str:
-        return f"a {self.colour} {self.shape} on a white background"
+        return f"a {self.colour} {self.shape}"
 
     @property
     def motion(self) -> str:
-        return f"a {self.colour} {self.shape} moving across a white background"
+        return f"a {self.colour} {self.shape} moving"
 
     @property
     def noise(self) -> str:
@@ -60,6 +53,10 @@ class Item:
     def caption(self) -> str:
         """What a captioned dataset would say about the file (``captions.jsonl``)."""
         return {"image": self.picture, "video": self.motion}.get(self.modality) or self.noise
+
+    @property
+    def content(self) -> dict:
+        return {"colour": self.colour, "shape": self.shape} if self.modality != "audio" else {"sound": self.sound}
 
 
 def _sentence(text: str) -> str:
@@ -80,7 +77,7 @@ def describe(item: Item, rng: random.Random) -> Turn:
         return _pick(rng, ("Describe <media>.", "What do you hear in <media>?")), assistant(_sentence(item.noise))
     if item.modality == "video":
         return (_pick(rng, ("Describe <media>.", "What happens in this video? <media>")),
-                assistant(_sentence(f"a {item.colour} {item.shape} moves across a white background")))
+                assistant(_sentence(f"a {item.colour} {item.shape} moves across the frame")))
     return _pick(rng, ("Describe <media>.", "What is in this picture? <media>")), assistant(_sentence(item.picture))
 
 
@@ -137,66 +134,6 @@ def text_only(item: Item, rng: random.Random) -> Turn:
         "Here is the picture.", [("text-to-image", f"{item.picture}, flat illustration")])
 
 
-# -- media -------------------------------------------------------------------------------------
-def _shape_mask(shape: str, size: int, cx: float, cy: float, r: float) -> np.ndarray:
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
-    if shape == "circle":
-        return (x - cx) ** 2 + (y - cy) ** 2 <= r * r
-    if shape == "ring":
-        d2 = (x - cx) ** 2 + (y - cy) ** 2
-        return (d2 <= r * r) & (d2 >= (0.6 * r) ** 2)
-    top, bottom = cy - r, cy + r * 0.8  # an upright triangle: width grows linearly downwards
-    half = (y - top) / (bottom - top) * r
-    return (y >= top) & (y <= bottom) & (np.abs(x - cx) <= half)
-
-
-def _canvas(item: Item, size: int, cx: float, cy: float, r: float) -> np.ndarray:
-    img = np.full((size, size, 3), 255, np.uint8)
-    img[_shape_mask(item.shape, size, cx, cy, r)] = COLOURS[item.colour]
-    return img
-
-
-def write_image(item: Item, path: Path, rng: random.Random) -> None:
-    from PIL import Image
-
-    from modaverse.core.atomic import write_atomic
-
-    s = IMAGE_SIZE
-    arr = _canvas(item, s, s / 2 + rng.uniform(-3, 3), s / 2 + rng.uniform(-3, 3), rng.uniform(0.32, 0.34) * s)
-    write_atomic(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
-
-
-def write_video(item: Item, path: Path, rng: random.Random) -> None:
-    from modaverse.media.writers import encode_video
-
-    s, r = VIDEO_SIZE, rng.uniform(0.22, 0.3) * VIDEO_SIZE
-    cy, direction = s / 2 + rng.uniform(-5, 5), rng.choice((-1, 1))
-    xs = np.linspace(r, s - r, VIDEO_FRAMES)[::direction]
-    frames = np.stack([_canvas(item, s, x, cy, r) for x in xs])
-    encode_video(path, frames, VIDEO_FPS, "mp4")
-
-
-def write_audio(item: Item, path: Path, rng: random.Random) -> None:
-    from modaverse.media.writers import encode_wav
-
-    n = int(AUDIO_RATE * AUDIO_SECONDS)
-    t = np.arange(n) / AUDIO_RATE
-    gen = np.random.default_rng(rng.randrange(2**32))
-    if item.sound == "noise":
-        gate = (np.floor(t / rng.uniform(0.15, 0.25)) % 2 == 0)
-        wave = gen.standard_normal(n) * gate
-    elif item.sound == "chirp":
-        f0, f1 = rng.uniform(300, 400), rng.uniform(2400, 3000)
-        wave = np.sin(2 * math.pi * (f0 * t + (f1 - f0) * t**2 / (2 * AUDIO_SECONDS)))
-    else:
-        f = rng.uniform(200, 240) if item.sound == "low" else rng.uniform(1700, 1900)
-        wave = np.sin(2 * math.pi * f * t + rng.uniform(0, 2 * math.pi))
-    encode_wav(path, (wave * rng.uniform(0.3, 0.8)).astype(np.float32), AUDIO_RATE, "wav")
-
-
-WRITERS = {"image": (write_image, "png"), "video": (write_video, "mp4"), "audio": (write_audio, "wav")}
-
-
 def _items(rng: random.Random, n: int) -> list[Item]:
     out = []
     for i in range(n):
@@ -227,14 +164,25 @@ def _records(item: Item, media: str, rng: random.Random, prefix: str, count: int
     return out
 
 
-def synthesize(out_dir: str | Path, num: int = 1200, seed: int = 0, test_fraction: float = 0.2,
-               per_input: int = 1, on_progress: Callable[[int], None] | None = None) -> tuple[Path, Path]:
-    """Writes media under ``out_dir/media`` and ``train.jsonl`` / ``test.jsonl``; returns both paths.
+EXTENSIONS = {"image": "png", "video": "mp4", "audio": "wav"}
 
-    ``captions.jsonl`` captions the training inputs, the form ``generate-instructions`` reads.
 
-    Test records use inputs of their own (new positions, sizes, pitches and noise), never a
-    training file, so the held-out score is about unseen inputs. ``per_input`` conversations
+def _write_item(item: Item, out_dir: Path, name: str, rng: random.Random, shifted: bool) -> dict:
+    """Draws the file's parameters, writes it, and returns its ``media.jsonl`` entry."""
+    params = draw(item.modality, rng, shifted)
+    write(item.modality, item.content, params, out_dir / name, rng.randrange(2**32))
+    return {"media": name, "modality": item.modality, **item.content, "params": params}
+
+
+def synthesize(out_dir: str | Path, num: int = 3000, seed: int = 0, test_fraction: float = 0.1,
+               shifted_fraction: float = 0.1, per_input: int = 1,
+               on_progress: Callable[[int], None] | None = None) -> dict[str, Path]:
+    """Writes media under ``out_dir/media`` and one JSONL file per split; returns them by split name.
+
+    ``test`` records use new files from the training ranges, ``shifted`` ones files whose
+    parameters lie outside them (:mod:`modaverse.data.scenes`); no split shares a file.
+    ``media.jsonl`` gives every file's split and parameters, ``captions.jsonl`` captions the
+    training inputs (the form ``generate-instructions`` reads). ``per_input`` conversations
     (of different kinds) share each input file.
     """
     from modaverse.core.atomic import write_text_atomic
@@ -246,29 +194,32 @@ def synthesize(out_dir: str | Path, num: int = 1200, seed: int = 0, test_fractio
     per_item = max(1, min(per_input, len(KINDS)))
     n_items = math.ceil(num / per_item)
     items = _items(rng, n_items)
-    n_test_items = max(1, round(n_items * test_fraction)) if num > 1 else 0
-    splits: dict[str, list[str]] = {"train": [], "test": []}
-    captions = []
+    sizes = {name: max(1, round(n_items * f)) if f > 0 and num > 1 else 0
+             for name, f in (("shifted", shifted_fraction), ("test", test_fraction))}
+    if sizes["shifted"] + sizes["test"] > n_items:
+        raise ValueError(f"test_fraction + shifted_fraction leave no room: {n_items} input(s) in all")
+    first_test, first_shifted = n_items - sizes["test"] - sizes["shifted"], n_items - sizes["shifted"]
+    lines: dict[str, list[str]] = {split: [] for split in SPLITS}
+    captions, manifest = [], []
     made = 0
     for i, item in enumerate(items):
-        write, ext = WRITERS[item.modality]
-        name = f"media/{item.modality}-{i:05d}.{ext}"
-        write(item, out_dir / name, rng)
-        split = "test" if i >= n_items - n_test_items else "train"
+        split = "shifted" if i >= first_shifted else "test" if i >= first_test else "train"
+        name = f"media/{item.modality}-{i:05d}.{EXTENSIONS[item.modality]}"
+        manifest.append(json.dumps({"split": split, **_write_item(item, out_dir, name, rng, split == "shifted")}))
         if split == "train":
             captions.append(json.dumps({"modality": item.modality, "media": name, "caption": item.caption}))
         for rec in _records(item, name, rng, f"synth-{i:05d}", min(per_item, num - made)):
-            splits[split].append(record_line(parse_record(rec)))
+            lines[split].append(record_line(parse_record(rec)))
             made += 1
         if on_progress:
             on_progress(1)
     write_text_atomic(out_dir / "captions.jsonl", "".join(line + "\n" for line in captions))
-    paths = []
-    for split, lines in splits.items():
-        path = out_dir / f"{split}.jsonl"
-        write_text_atomic(path, "".join(line + "\n" for line in lines))
-        paths.append(path)
-    return paths[0], paths[1]
+    write_text_atomic(out_dir / "media.jsonl", "".join(line + "\n" for line in manifest))
+    paths = {}
+    for split in SPLITS:
+        paths[split] = out_dir / f"{split}.jsonl"
+        write_text_atomic(paths[split], "".join(line + "\n" for line in lines[split]))
+    return paths
 
 
 def corpus() -> list[str]:
@@ -296,11 +247,10 @@ def write_benchmark_set(out_dir: str | Path, modality: str, num: int = 6, seed: 
     out_dir = Path(out_dir)
     (out_dir / modality).mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    write, ext = WRITERS[modality]
     lines = []
     for i, item in enumerate(_items(rng, num * 3)[("image", "video", "audio").index(modality)::3]):
-        name = f"{modality}/{i:05d}.{ext}"
-        write(item, out_dir / name, rng)
+        name = f"{modality}/{i:05d}.{EXTENSIONS[modality]}"
+        _write_item(item, out_dir, name, rng, shifted=False)
         short = f"the sound of {item.noise}" if modality == "audio" else f"a {item.colour} {item.shape}"
         lines.append(json.dumps({"id": f"{modality}-{i:05d}", "file": name, "captions": [item.caption, short]}))
     write_text_atomic(out_dir / "annotations.jsonl", "".join(line + "\n" for line in lines))

@@ -12,6 +12,11 @@ greedy decoding under the meta-response grammar. Two scores:
   pycocoevalcap's BLEU over lower-cased word tokens (no Java needed), so near misses
   count for something.
 
+Every score is also given per form of record (``per_form``): ``text-only`` records can be
+answered from the instruction alone, so they are kept apart from the ``media`` ones (one turn
+with inputs) and the ``multi-turn`` ones (a later turn refers back to an input);
+``media-bearing`` pools the last two, the figure that says whether the model reads its inputs.
+
 Media features come from the same cache as training, so scoring a held-out set after a run
 costs one encoding pass at most.
 """
@@ -22,7 +27,6 @@ import contextlib
 import os
 import re
 import sys
-from collections import Counter
 from pathlib import Path
 
 from modaverse.config import Config
@@ -34,6 +38,17 @@ def outcome(m: MetaResponse) -> tuple[tuple[str, ...], tuple[str, ...]]:
     if not m.invocations:
         return ("text",), (" ".join(m.text.split()),)
     return tuple(i.capability for i in m.invocations), tuple(" ".join(i.prompt.split()) for i in m.invocations)
+
+
+FORMS = ("text-only", "media", "multi-turn")
+
+
+def form(record) -> str:
+    """Which of :data:`FORMS` a record is: no input at all, one turn with inputs, or several turns."""
+    users = [m for m in record.messages if m.role == "user"]
+    if not any(m.media for m in users):
+        return "text-only"
+    return "multi-turn" if len(users) > 1 else "media"
 
 
 def _words(prompts: tuple[str, ...]) -> str:
@@ -70,7 +85,7 @@ def evaluate_invocations(config: Config, data: str | os.PathLike, *, limit: int 
     table = cache.get(unique) if unique else torch.empty(0, pipe.encoder.dim)
     row = {k: i for i, k in enumerate(unique)}
 
-    hits, exact, n = Counter(), Counter(), Counter()
+    scored: list[tuple[str, str, bool, bool]] = []  # (capability label, form, capabilities right, all right)
     wrong, hypotheses, references = [], {}, {}
     disable = None if progress is None else not progress
     for pos, (rec, media, ks) in enumerate(tqdm(list(zip(records, resolved, keys, strict=True)), desc="eval",
@@ -81,25 +96,33 @@ def evaluate_invocations(config: Config, data: str | os.PathLike, *, limit: int 
         reply = pipe.respond(embeds, constrained=True, temperature=0.0)
         want_caps, want_prompts = outcome(rec.messages[-1].meta_response)
         got_caps, got_prompts = outcome(reply.meta)
-        label = "+".join(want_caps)
-        n[label] += 1
-        hits[label] += got_caps == want_caps
         ok = got_caps == want_caps and got_prompts == want_prompts
-        exact[label] += ok
+        scored.append(("+".join(want_caps), form(rec), got_caps == want_caps, ok))
         # keyed by position: ids are optional, and id-less records must not overwrite each other
         hypotheses[pos], references[pos] = [_words(got_prompts)], [_words(want_prompts)]
         if not ok:
-            wrong.append({"line": pos + 1, "id": rec.id, "expected": rec.messages[-1].meta_response.as_dict(),
-                          "got": reply.meta.as_dict()})
-    total = sum(n.values())
+            wrong.append({"line": pos + 1, "id": rec.id, "form": form(rec),
+                          "expected": rec.messages[-1].meta_response.as_dict(), "got": reply.meta.as_dict()})
+
+    def scores(positions: list[int], bleu: bool = True) -> dict:
+        if not positions:
+            return {"items": 0}
+        out = {"items": len(positions),
+               "capability_accuracy": round(sum(scored[i][2] for i in positions) / len(positions), 4),
+               "prompt_exact_match": round(sum(scored[i][3] for i in positions) / len(positions), 4)}
+        if bleu:
+            out["prompt_bleu"] = round(_bleu4({i: hypotheses[i] for i in positions},
+                                              {i: references[i] for i in positions}), 4)
+        return out
+
+    groups = {f: [i for i, s in enumerate(scored) if s[1] == f] for f in FORMS}
+    groups["media-bearing"] = sorted(groups["media"] + groups["multi-turn"])
+    labels = sorted({s[0] for s in scored})
     return {
         "data": str(Path(data)),
-        "items": total,
-        "capability_accuracy": round(sum(hits.values()) / total, 4) if total else None,
-        "prompt_exact_match": round(sum(exact.values()) / total, 4) if total else None,
-        "prompt_bleu": round(_bleu4(hypotheses, references), 4) if total else None,
-        "per_capability": {k: {"items": n[k], "capability_accuracy": round(hits[k] / n[k], 4),
-                               "prompt_exact_match": round(exact[k] / n[k], 4)} for k in sorted(n)},
+        **scores(list(range(len(scored)))),
+        "per_form": {name: scores(positions) for name, positions in groups.items()},
+        "per_capability": {k: scores([i for i, s in enumerate(scored) if s[0] == k], bleu=False) for k in labels},
         "mistakes": len(wrong),
         "first_mistakes": wrong[:5],
         "all_mistakes": wrong,
