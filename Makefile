@@ -97,6 +97,8 @@ bench: setup-dev
 	$(BIN)/python benchmarks/instructions.py
 	$(BIN)/python benchmarks/eval_features.py
 	$(BIN)/python benchmarks/serve.py
+	$(BIN)/python benchmarks/learning.py --config tiny
+	$(BIN)/python benchmarks/learning.py --config smol
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache runs data/synth
+	rm -rf $(VENV) demo-out .pytest_cache runs data/synth data/eval
