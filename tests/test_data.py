@@ -122,6 +122,10 @@ def test_data_synth_and_validate_cli(tmp_path):
     one_line_error(run_cli("data", "synth", "--output", tmp_path / "x", "--test-fraction", "0.6",
                            "--shifted-fraction", "0.5"), "add up to more than 1")
     assert not (tmp_path / "x").exists()  # refused before anything is written
+    # each held-out split gets one input at least: too few conversations for both is refused the same way
+    one_line_error(run_cli("data", "synth", "--output", tmp_path / "y", "--num", "2", "--test-fraction", "0.9",
+                           "--shifted-fraction", "0.1"), "hold out 2 + 1 inputs, but there are 2")
+    assert not (tmp_path / "y").exists()
     r = run_cli("data", "validate", tmp_path / "train.jsonl")
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip().endswith("0 bad")

@@ -21,11 +21,9 @@ def cmd_data(args: argparse.Namespace) -> int:
         print(json.dumps(record_schema(), indent=2))
         return 0
     if args.action == "synth":
-        from modaverse.data.synth import synthesize
+        from modaverse.data.synth import SPLITS, synthesize
 
         out = Path(args.output)
-        from modaverse.data.synth import SPLITS
-
         held = [f"{split}.jsonl" for split in SPLITS if (out / f"{split}.jsonl").exists()]
         if held and not args.force:
             raise ModaverseError(f"{out}: already holds {', '.join(held)}; pass --force to replace them")

@@ -201,6 +201,10 @@ def sound(kind: str, params: dict, seed: int) -> np.ndarray:
     return np.clip(wave, -1, 1).astype(np.float32)
 
 
+#: The file type :func:`write` gives each modality.
+EXTENSIONS = {"image": "png", "video": "mp4", "audio": "wav"}
+
+
 def write(modality: str, content: dict, params: dict, path: Path, seed: int) -> None:
     """Writes one file of the set atomically: PNG, MP4 (H.264) or WAV."""
     from modaverse.core.atomic import write_atomic

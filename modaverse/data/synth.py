@@ -22,8 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from modaverse.core.errors import ModaverseError
 from modaverse.data.records import assistant, user
-from modaverse.data.scenes import COLOURS, SHAPES, SOUNDS, draw, write
+from modaverse.data.scenes import COLOURS, EXTENSIONS, SHAPES, SOUNDS, draw, write
 
 SPLITS = ("train", "test", "shifted")
 
@@ -164,9 +165,6 @@ def _records(item: Item, media: str, rng: random.Random, prefix: str, count: int
     return out
 
 
-EXTENSIONS = {"image": "png", "video": "mp4", "audio": "wav"}
-
-
 def _write_item(item: Item, out_dir: Path, name: str, rng: random.Random, shifted: bool) -> dict:
     """Draws the file's parameters, writes it, and returns its ``media.jsonl`` entry."""
     params = draw(item.modality, rng, shifted)
@@ -189,15 +187,17 @@ def synthesize(out_dir: str | Path, num: int = 3000, seed: int = 0, test_fractio
     from modaverse.data.records import parse_record, record_line
 
     out_dir = Path(out_dir)
-    (out_dir / "media").mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
     per_item = max(1, min(per_input, len(KINDS)))
     n_items = math.ceil(num / per_item)
-    items = _items(rng, n_items)
     sizes = {name: max(1, round(n_items * f)) if f > 0 and num > 1 else 0
              for name, f in (("shifted", shifted_fraction), ("test", test_fraction))}
-    if sizes["shifted"] + sizes["test"] > n_items:
-        raise ValueError(f"test_fraction + shifted_fraction leave no room: {n_items} input(s) in all")
+    if sizes["shifted"] + sizes["test"] > n_items:  # each split held out gets one input at least
+        raise ModaverseError(f"test fraction {test_fraction} and shifted fraction {shifted_fraction} hold out "
+                             f"{sizes['test']} + {sizes['shifted']} inputs, but there are {n_items}: "
+                             "lower them or raise the number of conversations")
+    (out_dir / "media").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    items = _items(rng, n_items)
     first_test, first_shifted = n_items - sizes["test"] - sizes["shifted"], n_items - sizes["shifted"]
     lines: dict[str, list[str]] = {split: [] for split in SPLITS}
     captions, manifest = [], []

@@ -289,7 +289,7 @@ class MetaConstraint:
         """The grammar's next-token masks of the ``live`` rows, as booleans ``[len(live), vocab]``."""
         words = (self.grammar.vocab_size + 31) // 32
         masks = np.zeros((len(live), words), dtype=np.int32)
-        if self._executor is None or self.grammar.vocab_size < PARALLEL_VOCAB:
+        if self._executor is None or len(live) == 1:  # the executor exists only for large vocabularies
             for k, b in enumerate(live):
                 masks[k] = np.frombuffer(self.rows[b].matcher.compute_bitmask(), dtype=np.int32)[:words]
         else:
