@@ -293,6 +293,10 @@ class TrainingRecipe:
     def cleanup(self) -> None:
         if self.t.log_with and hasattr(self, "acc"):
             self.acc.end_training()
+        # A process group left to interpreter exit tears down gloo's threads mid-flight: a worker can die
+        # with SIGABRT ("terminate called without an active exception") after a run that succeeded.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def train(config: Config, *, output_dir: str | Path | None = None, resume: bool = False,
