@@ -7,8 +7,8 @@
 Scores a fresh evaluation set (``modaverse data synth --seed 7``: a seed training never uses;
 half in distribution, half shifted) with ``modaverse eval invocations``, then joins each
 record's outcome with its input file's parameters (``media.jsonl``) to say where the misses
-are: per form of record, per modality of the input, and on the shifted split per parameter
-that was moved outside the training ranges. Writes ``benchmarks/results/learning-<name>.json``.
+are: per form of record, per modality of the input (pictures of two objects apart), and on
+the shifted split per parameter that was moved outside the training ranges. Writes ``benchmarks/results/learning-<name>.json``.
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ def main() -> None:
                 continue
             first = next(m for m in record.messages if m.role == "user" and m.media).media[0]
             entry = manifest[first.path]
-            by_modality[entry["modality"]].append(line not in wrong)
+            kind = f"{entry['modality']} (2 objects)" if entry.get("others") else entry["modality"]
+            by_modality[kind].append(line not in wrong)
             for axis in entry["params"].get("shifted", ()):
                 by_axis[f"{entry['modality']}: {axis}"].append(line not in wrong)
         report[split] = {

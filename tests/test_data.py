@@ -111,6 +111,40 @@ def test_synth_splits_share_no_file_and_the_shifted_one_lies_outside_the_trainin
     assert all(moved[k] == set(axes(k)) for k in moved)  # every axis is shifted in some file
 
 
+def test_some_pictures_hold_two_objects_and_their_answers_name_both(tmp_path):
+    """Both objects are drawn (each colour's pixels are there) and every answer about the file names
+    both, in the fixed colour order, whatever the layout."""
+    import numpy as np
+    from PIL import Image
+
+    from modaverse.data.scenes import COLOURS
+
+    synthesize(tmp_path, num=120, seed=5)
+    manifest = [json.loads(x) for x in (tmp_path / "media.jsonl").read_text().splitlines()]
+    pairs = {m["media"]: m for m in manifest if m.get("others")}
+    singles = [m for m in manifest if m["modality"] == "image" and not m.get("others")]
+    assert pairs and singles and all(m["modality"] == "image" for m in pairs.values())
+    records = [json.loads(x) for split in ("train", "test", "shifted")
+               for x in (tmp_path / f"{split}.jsonl").read_text().splitlines()]
+    about = 0
+    for m in pairs.values():
+        objects = [(m["colour"], m["shape"]), *map(tuple, m["others"])]
+        (c1, s1), (c2, s2) = objects
+        assert c1 != c2 and list(COLOURS).index(c1) < list(COLOURS).index(c2)
+        pixels = np.asarray(Image.open(tmp_path / m["media"]).convert("RGB")).reshape(-1, 3)
+        assert all((pixels == COLOURS[c]).all(axis=1).sum() > 20 for c in (c1, c2)), m["media"]
+        whole = f"a {c1} {s1} and a {c2} {s2}"
+        answers = {f"They are {c1} and {c2}.", f"Two {s1}s." if s1 == s2 else f"A {s1} and a {s2}."}
+        for r in records:
+            first = r["messages"][0]["media"]
+            if first and first[0]["path"] == m["media"]:
+                reply = r["messages"][1]["meta_response"]
+                said = " ".join([reply["text"], *(i["prompt"] for i in reply["invocations"])])
+                assert whole in said.lower() or reply["text"] in answers, (whole, said)
+                about += 1
+    assert about > 0  # (a text-only record leaves its file unused)
+
+
 def test_data_synth_and_validate_cli(tmp_path):
     r = run_cli("data", "synth", "--output", tmp_path, "--num", "12", "--seed", "1")
     assert r.returncode == 0, r.stderr

@@ -4,9 +4,9 @@ A held-out score means something only if the held-out inputs differ from the tra
 the way real inputs do. Every nuisance parameter (where the shape is, how big, turned how
 far, outlined or filled, on what background and texture, among what clutter; a video's
 path, speed, size and length; a sound's duration, loudness, noise and channels) varies over
-a wide range in training. The **in-distribution** split draws new files from the same
+a wide range in training. Some pictures hold two objects, so an answer must name both. The **in-distribution** split draws new files from the same
 ranges. The **shifted** split draws every file's parameters on its shifted axes from values
-outside them (:data:`SHIFTED`), so it measures whether the model reads the content (colour,
+outside them (:data:`SPANS`), so it measures whether the model reads the content (colour,
 shape, kind of sound) rather than recognising conditions it has seen.
 
 The answers name only the content, never a nuisance parameter: what a model must learn is
@@ -145,19 +145,30 @@ def _background(size: int, params: dict, rng: np.random.Generator) -> np.ndarray
     return img
 
 
-def picture(colour: str, shape: str, params: dict, seed: int) -> np.ndarray:
-    """An RGB image of the shape with the file's parameters."""
+#: A picture of several objects shrinks each (of its radius) and spreads them over the frame, side
+#: by side or one above the other, so that none covers another at any size of the ranges.
+PAIR_SCALE, PAIR_SPREAD = 0.6, 0.24
+
+
+def picture(objects: list[tuple[str, str]], params: dict, seed: int) -> np.ndarray:
+    """An RGB image of the (colour, shape) objects with the file's parameters."""
     rng = np.random.default_rng(seed)
     s = IMAGE_SIZE
     img = _background(s, params, rng)
     angle = rng.uniform(0, 2 * math.pi)  # the offset's direction; its size is the parameter
     dx, dy = math.cos(angle), math.sin(angle)
     scale = params["offset"] * s / max(abs(dx), abs(dy))
-    cx, cy = s / 2 + dx * scale, s / 2 + dy * scale
-    # stroke and fill: rings of several widths, a third of the triangles outlined
-    hollow = rng.uniform(0.45, 0.72) if shape == "ring" else 0.5 if rng.random() < 0.33 else 0.0
-    mask = shape_mask(shape, s, cx, cy, params["radius"] * s, params["rotation"], params["aspect"], hollow)
-    img[mask] = COLOURS[colour]
+    many = len(objects) > 1
+    if many:  # the group moves by half the offset: the objects sit away from the middle already
+        scale *= 0.5
+    r = params["radius"] * s * (PAIR_SCALE if many else 1.0)
+    along = rng.random() < 0.5  # side by side or one above the other, in a random order
+    slots = np.linspace(-PAIR_SPREAD, PAIR_SPREAD, len(objects)) * s if many else np.zeros(1)
+    for (colour, shape), slot in zip(objects, rng.permutation(slots), strict=True):
+        cx, cy = s / 2 + dx * scale + (slot if along else 0), s / 2 + dy * scale + (0 if along else slot)
+        # stroke and fill: rings of several widths, a third of the triangles outlined
+        hollow = rng.uniform(0.45, 0.72) if shape == "ring" else 0.5 if rng.random() < 0.33 else 0.0
+        img[shape_mask(shape, s, cx, cy, r, params["rotation"], params["aspect"], hollow)] = COLOURS[colour]
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -213,7 +224,7 @@ def write(modality: str, content: dict, params: dict, path: Path, seed: int) -> 
     if modality == "image":
         from PIL import Image
 
-        arr = picture(content["colour"], content["shape"], params, seed)
+        arr = picture([(content["colour"], content["shape"]), *map(tuple, content.get("others", ()))], params, seed)
         write_atomic(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
     elif modality == "video":
         encode_video(path, motion(content["colour"], content["shape"], params, seed), VIDEO_FPS, "mp4")

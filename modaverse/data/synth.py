@@ -37,14 +37,19 @@ class Item:
     colour: str = ""
     shape: str = ""
     sound: str = ""
+    others: tuple[tuple[str, str], ...] = ()  # a picture's further (colour, shape) objects
+
+    @property
+    def objects(self) -> tuple[tuple[str, str], ...]:
+        return ((self.colour, self.shape), *self.others)
 
     @property
     def picture(self) -> str:
-        return f"a {self.colour} {self.shape}"
+        return " and ".join(f"a {colour} {shape}" for colour, shape in self.objects)
 
     @property
     def motion(self) -> str:
-        return f"a {self.colour} {self.shape} moving"
+        return f"{self.picture} moving"
 
     @property
     def noise(self) -> str:
@@ -57,7 +62,9 @@ class Item:
 
     @property
     def content(self) -> dict:
-        return {"colour": self.colour, "shape": self.shape} if self.modality != "audio" else {"sound": self.sound}
+        if self.modality == "audio":
+            return {"sound": self.sound}
+        return {"colour": self.colour, "shape": self.shape, **({"others": self.others} if self.others else {})}
 
 
 def _sentence(text: str) -> str:
@@ -86,6 +93,13 @@ def question(item: Item, rng: random.Random) -> Turn:
     if item.modality == "audio":
         answer = "It is a tone." if SOUNDS[item.sound][1] else "It is noise."
         return _pick(rng, ("Is <media> a tone or noise?", "<media> Is this a tone or noise?")), assistant(answer)
+    if item.others:
+        colours, shapes = zip(*item.objects, strict=True)
+        if rng.random() < 0.5:
+            return (_pick(rng, ("What colours are the shapes in <media>?", "<media> Which colours are the shapes?")),
+                    assistant(f"They are {' and '.join(colours)}."))
+        named = f"two {shapes[0]}s" if len(set(shapes)) == 1 else " and ".join(f"a {shape}" for shape in shapes)
+        return _pick(rng, ("What shapes are in <media>?", "<media> Name the shapes.")), assistant(_sentence(named))
     if rng.random() < 0.5:
         return (_pick(rng, ("What colour is the shape in <media>?", "<media> Which colour is the shape?")),
                 assistant(f"It is {item.colour}."))
@@ -113,7 +127,7 @@ def generate_audio(item: Item, rng: random.Random) -> Turn:
         return (_pick(rng, ("Make a sound like <media>.", "<media> Generate similar audio.")),
                 assistant("Here is a similar sound.", [("text-to-audio", f"{item.noise}, clean recording")]))
     return (_pick(rng, ("Make a sound for <media>.", "<media> Generate audio for this shape.")),
-            assistant("Here is a sound for it.", [("text-to-audio", f"a soft chime for a {item.colour} {item.shape}")]))
+            assistant("Here is a sound for it.", [("text-to-audio", f"a soft chime for {item.picture}")]))
 
 
 KINDS: dict[str, Kind] = {"describe": describe, "question": question, "generate-image": generate_image,
@@ -129,10 +143,15 @@ def text_only(item: Item, rng: random.Random) -> Turn:
         return f"Generate the sound of {item.noise}.", assistant(
             "Here is the sound.", [("text-to-audio", f"{item.noise}, clean recording")])
     if item.modality == "video":
-        return f"Make a video of a {item.colour} {item.shape} moving.", assistant(
+        return f"Make a video of {item.motion}.", assistant(
             "Here is the video.", [("text-to-video", item.motion)])
-    return f"Draw a {item.colour} {item.shape}.", assistant(
+    return f"Draw {item.picture}.", assistant(
         "Here is the picture.", [("text-to-image", f"{item.picture}, flat illustration")])
+
+
+#: The share of pictures with two objects (of different colours), named in the order of :data:`COLOURS`:
+#: the answer depends on what is drawn, not on where, which a layout drawn at random could not teach.
+PAIR_SHARE = 0.25
 
 
 def _items(rng: random.Random, n: int) -> list[Item]:
@@ -141,6 +160,10 @@ def _items(rng: random.Random, n: int) -> list[Item]:
         modality = ("image", "video", "audio")[i % 3]
         if modality == "audio":
             out.append(Item("audio", sound=rng.choice(list(SOUNDS))))
+        elif modality == "image" and rng.random() < PAIR_SHARE:
+            colours = sorted(rng.sample(list(COLOURS), 2), key=list(COLOURS).index)
+            (c1, s1), second = [(c, rng.choice(SHAPES)) for c in colours]
+            out.append(Item(modality, colour=c1, shape=s1, others=(second,)))
         else:
             out.append(Item(modality, colour=rng.choice(list(COLOURS)), shape=rng.choice(SHAPES)))
     return out
@@ -226,7 +249,8 @@ def corpus() -> list[str]:
     """Every phrase the synthetic set uses, for training the tiny in-code tokenizer."""
     rng = random.Random(0)
     items = [Item("audio", sound=k) for k in SOUNDS] + [
-        Item(m, colour=c, shape=s) for m in ("image", "video") for c in COLOURS for s in SHAPES]
+        Item(m, colour=c, shape=s) for m in ("image", "video") for c in COLOURS for s in SHAPES] + [
+        Item("image", colour=c, shape=s, others=(("yellow", s),)) for c in ("red", "green", "blue") for s in SHAPES]
     texts = []
     for item in items:
         for kind in (*KINDS.values(), text_only):
@@ -251,7 +275,7 @@ def write_benchmark_set(out_dir: str | Path, modality: str, num: int = 6, seed: 
     for i, item in enumerate(_items(rng, num * 3)[("image", "video", "audio").index(modality)::3]):
         name = f"{modality}/{i:05d}.{EXTENSIONS[modality]}"
         _write_item(item, out_dir, name, rng, shifted=False)
-        short = f"the sound of {item.noise}" if modality == "audio" else f"a {item.colour} {item.shape}"
+        short = f"the sound of {item.noise}" if modality == "audio" else item.picture
         lines.append(json.dumps({"id": f"{modality}-{i:05d}", "file": name, "captions": [item.caption, short]}))
     write_text_atomic(out_dir / "annotations.jsonl", "".join(line + "\n" for line in lines))
     return out_dir
