@@ -79,7 +79,8 @@ demo: setup
 			--config $(PROFILE) --no-spice 2>&1 >/dev/null | sed -n '/^## /,/^Notes/p' | sed '$$d'; \
 	else echo "(the COCO captioning table needs Java for its caption metrics: make test installs it)"; fi
 
-# Re-train the shipped weights from scratch: tiny about 6 minutes, smol about 25 minutes on a 2-core CPU.
+# Re-train the shipped weights from scratch: tiny about 11 minutes, smol about 16 minutes on a 2-core CPU
+# (docs/training.md, "What the shipped checkpoints learned").
 tiny-checkpoint smol-checkpoint: %-checkpoint: setup
 	$(BIN)/modaverse data synth --output data/synth --force
 	rm -rf runs/$*-train

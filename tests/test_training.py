@@ -287,10 +287,11 @@ def test_shipped_tiny_checkpoint_answers_synthetic_inputs(tmp_path):
     result = evaluate_invocations(config, root / "test.jsonl", progress=False)
     assert result["items"] == 120
     assert result["capability_accuracy"] >= 0.95
-    # The README's figures are on 222 media-bearing items per split (79% exact in distribution);
-    # the 88 here vary by several points around that (75% when measured).
+    # The README's figures are on 221 media-bearing items per split (72% exact in distribution);
+    # the 87 here vary by several points around that (69% when measured).
     assert result["per_form"]["media-bearing"]["prompt_exact_match"] >= 0.6
-    assert result["per_form"]["text-only"]["prompt_exact_match"] >= 0.9  # no input needed: nearly free
+    # No input needed: nearly free (94% of 33 when measured; the misses name two objects).
+    assert result["per_form"]["text-only"]["prompt_exact_match"] >= 0.85
     assert result["prompt_exact_match"] <= result["prompt_bleu"] <= 1  # near misses still earn BLEU credit
     untrained = evaluate_invocations(config.model_copy(update={"checkpoint": None}), root / "test.jsonl",
                                      progress=False, limit=20)
