@@ -60,14 +60,14 @@ demo: setup
 	@echo "== new synthetic inputs (never seen in training)"
 	@$(BIN)/modaverse data synth --output $(DEMO)/inputs --num 48 --seed 2026 --test-fraction 0.5 \
 		--shifted-fraction 0.5 --force --benchmark-sets 8 >/dev/null
-	@echo "== What is in this picture? ($(DEMO)/inputs/media/image-00006.png)"
-	@$(BIN)/modaverse generate "What is in this picture? <media>" -i $(DEMO)/inputs/media/image-00006.png \
+	@echo "== What is in this picture? ($(DEMO)/inputs/media/image-00003.png)"
+	@$(BIN)/modaverse generate "What is in this picture? <media>" -i $(DEMO)/inputs/media/image-00003.png \
 		--config $(PROFILE) --output-dir $(DEMO)/describe --force
 	@echo "== What do you hear? ($(DEMO)/inputs/media/audio-00002.wav)"
 	@$(BIN)/modaverse generate "What do you hear in <media>?" -i $(DEMO)/inputs/media/audio-00002.wav \
 		--config $(PROFILE) --output-dir $(DEMO)/question --force
-	@echo "== Animate this picture ($(DEMO)/inputs/media/image-00012.png; the tiny video generator renders noise)"
-	@$(BIN)/modaverse generate "Animate <media>." -i $(DEMO)/inputs/media/image-00012.png \
+	@echo "== Animate this picture ($(DEMO)/inputs/media/image-00018.png; the tiny video generator renders noise)"
+	@$(BIN)/modaverse generate "Animate <media>." -i $(DEMO)/inputs/media/image-00018.png \
 		--config $(PROFILE) --output-dir $(DEMO)/animate --force
 	@echo "== Scored on 48 new synthetic conversations: media-bearing ones (text-only ones need no input)"
 	@$(BIN)/modaverse eval invocations --data $(DEMO)/inputs/test.jsonl $(DEMO)/inputs/shifted.jsonl \
@@ -79,7 +79,7 @@ demo: setup
 			--config $(PROFILE) --no-spice 2>&1 >/dev/null | sed -n '/^## /,/^Notes/p' | sed '$$d'; \
 	else echo "(the COCO captioning table needs Java for its caption metrics: make test installs it)"; fi
 
-# Re-train the shipped weights from scratch: tiny about 11 minutes, smol about 16 minutes on a 2-core CPU
+# Re-train the shipped weights from scratch: tiny about 16 minutes, smol about 17 minutes on a 2-core CPU
 # (docs/training.md, "What the shipped checkpoints learned").
 tiny-checkpoint smol-checkpoint: %-checkpoint: setup
 	$(BIN)/modaverse data synth --output data/synth --force
