@@ -56,17 +56,24 @@ for split, r in json.load(sys.stdin)["splits"].items():
           f"{m['prompt_exact_match']:.0%} on {m['items']} conversations")
 endef
 export SCORES
+# What a demo input shows, from the set's own record of it (media.jsonl), to read the answer against.
+define TRUTH
+import json, sys
+print(next(m["caption"] for m in map(json.loads, open(sys.argv[1])) if m["media"] == "media/" + sys.argv[2]))
+endef
+export TRUTH
+SHOWS = $$($(BIN)/python -c "$$TRUTH" $(DEMO)/inputs/media.jsonl $(1))
 demo: setup
 	@echo "== new synthetic inputs (never seen in training)"
 	@$(BIN)/modaverse data synth --output $(DEMO)/inputs --num 48 --seed 2026 --test-fraction 0.5 \
 		--shifted-fraction 0.5 --force --benchmark-sets 8 >/dev/null
-	@echo "== What is in this picture? ($(DEMO)/inputs/media/image-00003.png)"
+	@echo "== What is in this picture? ($(DEMO)/inputs/media/image-00003.png, which shows $(call SHOWS,image-00003.png))"
 	@$(BIN)/modaverse generate "What is in this picture? <media>" -i $(DEMO)/inputs/media/image-00003.png \
 		--config $(PROFILE) --output-dir $(DEMO)/describe --force
-	@echo "== What do you hear? ($(DEMO)/inputs/media/audio-00002.wav)"
+	@echo "== What do you hear? ($(DEMO)/inputs/media/audio-00002.wav, which holds $(call SHOWS,audio-00002.wav))"
 	@$(BIN)/modaverse generate "What do you hear in <media>?" -i $(DEMO)/inputs/media/audio-00002.wav \
 		--config $(PROFILE) --output-dir $(DEMO)/question --force
-	@echo "== Animate this picture ($(DEMO)/inputs/media/image-00018.png; the tiny video generator renders noise)"
+	@echo "== Animate this picture ($(DEMO)/inputs/media/image-00018.png, which shows $(call SHOWS,image-00018.png); the tiny video generator renders noise)"
 	@$(BIN)/modaverse generate "Animate <media>." -i $(DEMO)/inputs/media/image-00018.png \
 		--config $(PROFILE) --output-dir $(DEMO)/animate --force
 	@echo "== Scored on 48 new synthetic conversations: media-bearing ones (text-only ones need no input)"

@@ -134,6 +134,7 @@ def test_some_pictures_hold_two_objects_and_their_answers_name_both(tmp_path):
         pixels = np.asarray(Image.open(tmp_path / m["media"]).convert("RGB")).reshape(-1, 3)
         assert all((pixels == COLOURS[c]).all(axis=1).sum() > 20 for c in (c1, c2)), m["media"]
         whole = f"a {c1} {s1} and a {c2} {s2}"
+        assert m["caption"] == whole  # what `make demo` prints beside the question
         answers = {f"They are {c1} and {c2}.", f"Two {s1}s." if s1 == s2 else f"A {s1} and a {s2}."}
         for r in records:
             first = r["messages"][0]["media"]

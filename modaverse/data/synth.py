@@ -192,7 +192,7 @@ def _write_item(item: Item, out_dir: Path, name: str, rng: random.Random, shifte
     """Draws the file's parameters, writes it, and returns its ``media.jsonl`` entry."""
     params = draw(item.modality, rng, shifted)
     write(item.modality, item.content, params, out_dir / name, rng.randrange(2**32))
-    return {"media": name, "modality": item.modality, **item.content, "params": params}
+    return {"media": name, "modality": item.modality, **item.content, "caption": item.caption, "params": params}
 
 
 def synthesize(out_dir: str | Path, num: int = 3000, seed: int = 0, test_fraction: float = 0.1,
@@ -202,7 +202,7 @@ def synthesize(out_dir: str | Path, num: int = 3000, seed: int = 0, test_fractio
 
     ``test`` records use new files from the training ranges, ``shifted`` ones files whose
     parameters lie outside them (:mod:`modaverse.data.scenes`); no split shares a file.
-    ``media.jsonl`` gives every file's split and parameters, ``captions.jsonl`` captions the
+    ``media.jsonl`` gives every file's split, content, caption and parameters, ``captions.jsonl`` captions the
     training inputs (the form ``generate-instructions`` reads). ``per_input`` conversations
     (of different kinds) share each input file.
     """
