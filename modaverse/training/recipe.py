@@ -62,8 +62,8 @@ class TrainingRecipe:
 
     def run(self) -> dict:
         """Runs (or resumes) the run; returns its summary (also written to ``summary.json``)."""
-        self.setup()
-        try:
+        try:  # setup too: a refused output folder is found after the process group exists
+            self.setup()
             self.train()
             return self.finish()
         finally:
