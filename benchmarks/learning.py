@@ -8,7 +8,8 @@ Scores a fresh evaluation set (``modaverse data synth --seed 7``: a seed trainin
 half in distribution, half shifted) with ``modaverse eval invocations``, then joins each
 record's outcome with its input file's parameters (``media.jsonl``) to say where the misses
 are: per form of record, per modality of the input (pictures of two objects apart), and on
-the shifted split per parameter that was moved outside the training ranges. Writes ``benchmarks/results/learning-<name>.json``.
+the shifted split per parameter that was moved outside the training ranges. Writes
+``benchmarks/results/learning-<name>.json``.
 """
 
 from __future__ import annotations

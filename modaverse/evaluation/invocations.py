@@ -96,12 +96,12 @@ def evaluate_invocations(config: Config, data: str | os.PathLike, *, limit: int 
         reply = pipe.respond(embeds, constrained=True, temperature=0.0)
         want_caps, want_prompts = outcome(rec.messages[-1].meta_response)
         got_caps, got_prompts = outcome(reply.meta)
-        ok = got_caps == want_caps and got_prompts == want_prompts
-        scored.append(("+".join(want_caps), form(rec), got_caps == want_caps, ok))
+        ok, kind = got_caps == want_caps and got_prompts == want_prompts, form(rec)
+        scored.append(("+".join(want_caps), kind, got_caps == want_caps, ok))
         # keyed by position: ids are optional, and id-less records must not overwrite each other
         hypotheses[pos], references[pos] = [_words(got_prompts)], [_words(want_prompts)]
         if not ok:
-            wrong.append({"line": pos + 1, "id": rec.id, "form": form(rec),
+            wrong.append({"line": pos + 1, "id": rec.id, "form": kind,
                           "expected": rec.messages[-1].meta_response.as_dict(), "got": reply.meta.as_dict()})
 
     def scores(positions: list[int], bleu: bool = True) -> dict:
