@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from modaverse.config import ConfigError, load_config
-from modaverse.core.errors import ModaverseError
+from modaverse.config import load_config
+from modaverse.core.errors import ConfigError, ModaverseError
 from modaverse.media import load_media
 from modaverse.meta.schema import validate
 from modaverse.zoo.registry import load_plugin

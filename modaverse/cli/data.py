@@ -34,11 +34,12 @@ def cmd_data(args: argparse.Namespace) -> int:
         with tqdm(total=-(-args.num // per), unit="input", desc="synth", disable=None, file=sys.stderr,
                   leave=False) as bar:
             paths = synthesize(out, args.num, args.seed, args.test_fraction, args.shifted_fraction, per,
-                               on_progress=bar.update)
+                               on_progress=bar.update, views=not args.no_views)
         count = {split: len(p.read_text().splitlines()) for split, p in paths.items()}
         print(f"wrote {count['train']} training, {count['test']} in-distribution held-out and {count['shifted']} "
               f"shifted held-out conversations to {out} (train.jsonl, test.jsonl, shifted.jsonl; "
-              f"each file's split and parameters: media.jsonl)")
+              f"each file's split and parameters: media.jsonl" +
+              ("" if args.no_views else "; its depth, thermal, IMU and audio views for `modaverse bind` too") + ")")
         if args.benchmark_sets:
             from modaverse.data.synth import write_benchmark_set
 
@@ -102,6 +103,9 @@ def register(sub) -> None:
     q.add_argument("--benchmark-sets", type=positive_int, metavar="N",
                    help="also write N new items per modality under DIR/benchmarks/{image,video,audio}, "
                    "in the dataset layout of `modaverse eval run` (try the runners offline)")
+    q.add_argument("--no-views", action="store_true",
+                   help="skip the depth, thermal, IMU and audio views of each picture and video (the pairs "
+                   "`modaverse bind` learns from; a set only for `train` is written twice as fast without them)")
     q.add_argument("--force", action="store_true", help="replace existing split files")
     q.set_defaults(func=cmd_data)
     q = dsub.add_parser("validate", help="report bad records with line numbers")

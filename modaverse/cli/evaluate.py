@@ -35,6 +35,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result = score(args.kind, read_side(args.generated, args.kind, "generated"),
                        read_side(args.reference, args.kind, "reference"), Extractors(config.eval),
                        seed=config.eval.seed)
+    elif args.benchmark == "bind":
+        return _eval_bind(args)
     elif args.benchmark == "run":
         from modaverse.evaluation.paper.runner import run_benchmark
 
@@ -81,6 +83,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_bind(args: argparse.Namespace) -> int:
+    """Zero-shot, retrieval and probe accuracy of the encoder's towers; with --compare, beside another encoder."""
+    from modaverse.core.atomic import write_json_atomic, write_text_atomic
+    from modaverse.evaluation.binding import evaluate_binding, table
+
+    config = load(args)
+    reports = {args.name: evaluate_binding(config, args.data, args.probe_data)}
+    for other in args.compare or ():
+        name, _, overrides = other.partition("=")
+        from modaverse.config import load_config
+
+        reports[name] = evaluate_binding(load_config(args.config or "tiny", [*args.overrides, *overrides.split(";")]
+                                                     if overrides else args.overrides), args.data, args.probe_data)
+    text = table(reports)
+    print(text)
+    for name, r in reports.items():
+        for note in r["notes"]:
+            print(f"modaverse: note: {name}: {note}", file=sys.stderr)
+    if args.output:
+        write_json_atomic(Path(args.output), reports)
+        write_text_atomic(Path(args.output).with_suffix(".md"), text)
+        print(f"wrote {args.output} and {Path(args.output).with_suffix('.md')}", file=sys.stderr)
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a model: the paper's benchmarks and their metrics",
                        description="run: reproduce one of the paper's tables over a local dataset copy. "
@@ -121,6 +148,23 @@ def register(sub) -> None:
     q.add_argument("--generated", "-g", required=True, metavar="G", help="generated media: folder or manifest")
     q.add_argument("--reference", "-r", required=True, metavar="R", help="reference media: folder or manifest")
     add_config_args(q, default="modaverse-7b, whose eval.* keys name the published feature-network weights")
+    q.set_defaults(func=cmd_eval)
+    q = esub.add_parser("bind", help="what each encoder tower perceives: zero-shot, retrieval, probes",
+                        description="For each modality and attribute of a pairs file's held-out splits (test, "
+                        "shifted; a synthetic set's media.jsonl): zero-shot top-1 through text prompts (emergent for "
+                        "audio, depth, thermal and IMU, never paired with text), retrieval R@1/R@5 of each file's "
+                        "own picture, video or caption, and an MLP probe trained on the training split. Attributes "
+                        "a sensor cannot see are guards that must stay at chance. See docs/imagebind.md.")
+    q.add_argument("--data", required=True, metavar="FILE", help="pairs file with held-out splits (media.jsonl)")
+    q.add_argument("--probe-data", metavar="FILE", help="pairs file whose training split trains the probes "
+                   "(default: --data's own)")
+    q.add_argument("--name", default="encoder", help="column name of this encoder in the table (default: encoder)")
+    q.add_argument("--compare", action="append", metavar="NAME=KEY=VALUE;...",
+                   help="another encoder beside it: a name and ;-separated overrides, e.g. "
+                   "'random=encoder.tower_weights=null' (repeatable)")
+    q.add_argument("--output", "-o", metavar="OUT.json", help="write the reports (and OUT.md, the table)")
+    add_config_args(q)
+    add_checkpoint_arg(q)
     q.set_defaults(func=cmd_eval)
     q = esub.add_parser("invocations", help="capability accuracy and prompt match of meta-responses",
                         description="For each record of --data, answer the conversation up to its last "

@@ -13,12 +13,12 @@ import logging
 import os
 import sys
 
-from modaverse.cli import assistant, data, encode, evaluate, instructions, serve, setup, train, zoo
+from modaverse.cli import assistant, bind, data, encode, evaluate, instructions, serve, setup, train, zoo
 from modaverse.cli.common import Parser
 from modaverse.core.errors import ModaverseError
 
 #: Command groups in the order ``modaverse --help`` lists them: use, data, training, evaluation, serving, setup.
-GROUPS = (assistant, zoo, encode, data, instructions, train, evaluate, serve, setup)
+GROUPS = (assistant, zoo, encode, data, instructions, bind, train, evaluate, serve, setup)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -75,18 +75,36 @@ SPANS: dict[str, dict[str, Span]] = {
         "noise": Span(0.0, 0.04, ((0.06, 0.08),)),  # white noise added under it, peak
         "balance": Span(-0.3, 0.3, ((0.6, 0.9), (-0.9, -0.6))),  # stereo: left-right level difference
     },
+    # other sensors' views of the same scenes (modaverse.data.views): only their own nuisances vary here,
+    # the geometry is their picture's or video's
+    "depth": {
+        "distance": Span(3.0, 5.0, ((6.0, 8.0),)),  # metres to the background plane at the middle
+        "slope": Span(-0.8, 0.8, ((1.3, 1.8), (-1.8, -1.3))),  # the plane's depth change across the frame (m)
+        "near": Span(1.0, 2.2, ((2.5, 2.8),)),  # metres to the objects (each its own, whatever its colour)
+        "noise": Span(0.0, 0.03, ((0.06, 0.09),)),  # sensor noise (m)
+    },
+    "thermal": {
+        "ambient": Span(15.0, 25.0, ((5.0, 9.0),)),  # degrees C of the background
+        "blur": Span(0.0, 1.2, ((2.0, 2.6),)),  # optical blur (pixels, Gaussian sigma)
+        "noise": Span(0.0, 1.5, ((3.0, 4.0),)),  # sensor noise (degrees C)
+    },
+    "imu": {
+        "onset": Span(1.0, 4.0, ((5.0, 5.6),)),  # seconds into the 10-s window when the motion starts
+        "tilt": Span(-15.0, 15.0, ((25.0, 40.0), (-40.0, -25.0))),  # the device's roll (degrees)
+        "noise": Span(0.0, 0.04, ((0.08, 0.12),)),  # accelerometer and gyroscope noise
+    },
 }
 
 #: How many of a modality's axes each shifted file takes from outside the training ranges, chosen
 #: at random per file (the others stay in range: a file pushed to every extreme at once is no
 #: longer a picture of anything, and one axis at a time shows which of them a model cannot take).
-SHIFTED_AXES = {"image": 2, "video": 2, "audio": 2}
+SHIFTED_AXES = {"image": 2, "video": 2, "audio": 2, "depth": 2, "thermal": 2, "imu": 2}
 
 
 def axes(modality: str) -> list[str]:
     """The parameters a shifted file may take from outside the training ranges (images and videos: the
     background too, a colour from :data:`BACKGROUNDS` that training never uses)."""
-    return [*SPANS[modality], *(["background"] if modality != "audio" else [])]
+    return [*SPANS[modality], *(["background"] if modality in ("image", "video") else [])]
 
 
 def draw(modality: str, rng: random.Random, shifted: bool) -> dict:
@@ -150,11 +168,19 @@ def _background(size: int, params: dict, rng: np.random.Generator) -> np.ndarray
 PAIR_SCALE, PAIR_SPREAD = 0.6, 0.24
 
 
-def picture(objects: list[tuple[str, str]], params: dict, seed: int) -> np.ndarray:
-    """An RGB image of the (colour, shape) objects with the file's parameters."""
+@dataclass(frozen=True)
+class Layout:
+    """Where a picture's objects are: what the RGB picture, its depth map and its thermal image share."""
+
+    background: np.ndarray  # [H, W, 3] float, the textured, cluttered background
+    objects: tuple[tuple[str, np.ndarray], ...]  # (colour, covered pixels), drawn in this order
+
+
+def layout(objects: list[tuple[str, str]], params: dict, seed: int) -> Layout:
+    """The (colour, shape) objects placed with the file's parameters."""
     rng = np.random.default_rng(seed)
     s = IMAGE_SIZE
-    img = _background(s, params, rng)
+    background = _background(s, params, rng)
     angle = rng.uniform(0, 2 * math.pi)  # the offset's direction; its size is the parameter
     dx, dy = math.cos(angle), math.sin(angle)
     scale = params["offset"] * s / max(abs(dx), abs(dy))
@@ -164,26 +190,52 @@ def picture(objects: list[tuple[str, str]], params: dict, seed: int) -> np.ndarr
     r = params["radius"] * s * (PAIR_SCALE if many else 1.0)
     along = rng.random() < 0.5  # side by side or one above the other, in a random order
     slots = np.linspace(-PAIR_SPREAD, PAIR_SPREAD, len(objects)) * s if many else np.zeros(1)
+    placed = []
     for (colour, shape), slot in zip(objects, rng.permutation(slots), strict=True):
         cx, cy = s / 2 + dx * scale + (slot if along else 0), s / 2 + dy * scale + (0 if along else slot)
         # stroke and fill: rings of several widths, a third of the triangles outlined
         hollow = rng.uniform(0.45, 0.72) if shape == "ring" else 0.5 if rng.random() < 0.33 else 0.0
-        img[shape_mask(shape, s, cx, cy, r, params["rotation"], params["aspect"], hollow)] = COLOURS[colour]
+        placed.append((colour, shape_mask(shape, s, cx, cy, r, params["rotation"], params["aspect"], hollow)))
+    return Layout(background, tuple(placed))
+
+
+def picture(objects: list[tuple[str, str]], params: dict, seed: int) -> np.ndarray:
+    """An RGB image of the (colour, shape) objects with the file's parameters."""
+    scene = layout(objects, params, seed)
+    img = scene.background.copy()
+    for colour, mask in scene.objects:
+        img[mask] = COLOURS[colour]
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def motion(colour: str, shape: str, params: dict, seed: int) -> np.ndarray:
-    """``[T, H, W, 3]`` frames of the shape crossing the frame along a tilted path."""
+#: The four directions a video's shape travels (image coordinates: y grows downwards), named in captions.
+DIRECTIONS = {"right": (1.0, 0.0), "left": (-1.0, 0.0), "down": (0.0, 1.0), "up": (0.0, -1.0)}
+
+
+def ease(u: np.ndarray) -> np.ndarray:
+    """Smoothstep: the shape starts at rest, speeds up, slows down and stops (what an IMU can feel)."""
+    return 3 * u**2 - 2 * u**3
+
+
+def path(direction: str, params: dict, seed: int) -> tuple[np.ndarray, float, tuple[float, float]]:
+    """A video's unit travel vector (tilted), its travel in pixels and its start's jitter (cx, cy) as
+    ``(vector, travel, jitter)``; the video and its IMU recording share it."""
+    rng = np.random.default_rng([seed, 1])
+    bx, by = DIRECTIONS[direction]
+    a = math.atan2(by, bx) + math.radians(params["tilt"])
+    vector = np.array([math.cos(a), math.sin(a)])
+    return vector, params["speed"] * (int(params["frames"]) - 1), tuple(rng.uniform(-4, 4, 2))
+
+
+def motion(colour: str, shape: str, direction: str, params: dict, seed: int) -> np.ndarray:
+    """``[T, H, W, 3]`` frames of the shape crossing the frame in ``direction`` along a tilted path."""
     rng = np.random.default_rng(seed)
     s, r, n = VIDEO_SIZE, params["radius"] * VIDEO_SIZE, int(params["frames"])
     base = _background(s, params, rng)
-    vertical = rng.random() < 0.5
-    a = math.radians(params["tilt"] + (90 if vertical else 0)) + (math.pi if rng.random() < 0.5 else 0)
-    travel = params["speed"] * (n - 1)
-    cx, cy = s / 2 + rng.uniform(-4, 4), s / 2 + rng.uniform(-4, 4)
+    vector, travel, jitter = path(direction, params, seed)
     frames = []
-    for t in np.linspace(-0.5, 0.5, n):
-        x, y = cx + t * travel * math.cos(a), cy + t * travel * math.sin(a)
+    for u in ease(np.linspace(0, 1, n)) - 0.5:
+        x, y = s / 2 + jitter[0] + u * travel * vector[0], s / 2 + jitter[1] + u * travel * vector[1]
         frame = base.copy()
         frame[shape_mask(shape, s, x, y, r, hollow=0.6 if shape == "ring" else 0.0)] = COLOURS[colour]
         frames.append(frame)
@@ -227,6 +279,6 @@ def write(modality: str, content: dict, params: dict, path: Path, seed: int) -> 
         arr = picture([(content["colour"], content["shape"]), *map(tuple, content.get("others", ()))], params, seed)
         write_atomic(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
     elif modality == "video":
-        encode_video(path, motion(content["colour"], content["shape"], params, seed), VIDEO_FPS, "mp4")
+        encode_video(path, motion(content["colour"], content["shape"], content["motion"], params, seed), VIDEO_FPS, "mp4")
     else:
         encode_wav(path, sound(content["sound"], params, seed), AUDIO_RATE, "wav")

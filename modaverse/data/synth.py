@@ -24,9 +24,11 @@ from pathlib import Path
 
 from modaverse.core.errors import ModaverseError
 from modaverse.data.records import assistant, user
-from modaverse.data.scenes import COLOURS, EXTENSIONS, SHAPES, SOUNDS, draw, write
+from modaverse.data.scenes import COLOURS, DIRECTIONS, EXTENSIONS, SHAPES, SOUNDS, draw, write
 
 SPLITS = ("train", "test", "shifted")
+#: Changes whenever the same seed would draw other files: 3 added the sensor views and the videos' directions.
+SET_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Item:
     shape: str = ""
     sound: str = ""
     others: tuple[tuple[str, str], ...] = ()  # a picture's further (colour, shape) objects
+    direction: str = ""  # where a video's shape travels (scenes.DIRECTIONS)
 
     @property
     def objects(self) -> tuple[tuple[str, str], ...]:
@@ -58,13 +61,14 @@ class Item:
     @property
     def caption(self) -> str:
         """What a captioned dataset would say about the file (``captions.jsonl``)."""
-        return {"image": self.picture, "video": self.motion}.get(self.modality) or self.noise
+        return {"image": self.picture, "video": f"{self.motion} {self.direction}"}.get(self.modality) or self.noise
 
     @property
     def content(self) -> dict:
         if self.modality == "audio":
             return {"sound": self.sound}
-        return {"colour": self.colour, "shape": self.shape, **({"others": self.others} if self.others else {})}
+        return {"colour": self.colour, "shape": self.shape, **({"others": self.others} if self.others else {}),
+                **({"motion": self.direction} if self.direction else {})}
 
 
 def _sentence(text: str) -> str:
@@ -165,7 +169,8 @@ def _items(rng: random.Random, n: int) -> list[Item]:
             (c1, s1), second = [(c, rng.choice(SHAPES)) for c in colours]
             out.append(Item(modality, colour=c1, shape=s1, others=(second,)))
         else:
-            out.append(Item(modality, colour=rng.choice(list(COLOURS)), shape=rng.choice(SHAPES)))
+            direction = rng.choice(list(DIRECTIONS)) if modality == "video" else ""
+            out.append(Item(modality, colour=rng.choice(list(COLOURS)), shape=rng.choice(SHAPES), direction=direction))
     return out
 
 
@@ -188,21 +193,38 @@ def _records(item: Item, media: str, rng: random.Random, prefix: str, count: int
     return out
 
 
-def _write_item(item: Item, out_dir: Path, name: str, rng: random.Random, shifted: bool) -> dict:
-    """Draws the file's parameters, writes it, and returns its ``media.jsonl`` entry."""
-    params = draw(item.modality, rng, shifted)
-    write(item.modality, item.content, params, out_dir / name, rng.randrange(2**32))
-    return {"media": name, "modality": item.modality, **item.content, "caption": item.caption, "params": params}
+def _write_item(item: Item, out_dir: Path, name: str, rng: random.Random, shifted: bool,
+                views: bool = False) -> list[dict]:
+    """Draws the file's parameters, writes it (and, with ``views``, the other sensors' views of the same
+    scene), and returns their ``media.jsonl`` entries: the file's first, then each view with its ``pair``."""
+    from modaverse.data.views import SOUND_OF, VIEWS, write_view
+
+    params, seed = draw(item.modality, rng, shifted), rng.randrange(2**32)
+    write(item.modality, item.content, params, out_dir / name, seed)
+    entries = [{"media": name, "modality": item.modality, **item.content, "caption": item.caption, "params": params}]
+    for view, (anchor, ext) in VIEWS.items() if views else ():
+        if anchor != item.modality:
+            continue
+        stem = "soundtrack" if view == "audio" else view
+        view_name = name.replace(f"/{item.modality}-", f"/{stem}-").rsplit(".", 1)[0] + f".{ext}"
+        view_params = draw(view, rng, shifted)
+        write_view(view, item.content, params, seed, view_params, out_dir / view_name, rng.randrange(2**32))
+        rule = {"sound": SOUND_OF[item.colour]} if view == "audio" else {}
+        entries.append({"media": view_name, "modality": view, "pair": name, **item.content, **rule,
+                        "params": view_params})
+    return entries
 
 
 def synthesize(out_dir: str | Path, num: int = 3000, seed: int = 0, test_fraction: float = 0.1,
                shifted_fraction: float = 0.1, per_input: int = 1,
-               on_progress: Callable[[int], None] | None = None) -> dict[str, Path]:
+               on_progress: Callable[[int], None] | None = None, views: bool = True) -> dict[str, Path]:
     """Writes media under ``out_dir/media`` and one JSONL file per split; returns them by split name.
 
     ``test`` records use new files from the training ranges, ``shifted`` ones files whose
     parameters lie outside them (:mod:`modaverse.data.scenes`); no split shares a file.
-    ``media.jsonl`` gives every file's split, content, caption and parameters, ``captions.jsonl`` captions the
+    ``media.jsonl`` gives every file's split, content, caption and parameters, and with ``views`` the
+    depth, thermal, IMU and audio views of each picture or video (:mod:`modaverse.data.views`), each
+    naming its anchor under ``pair``: ``modaverse bind`` reads it. ``captions.jsonl`` captions the
     training inputs (the form ``generate-instructions`` reads). ``per_input`` conversations
     (of different kinds) share each input file.
     """
@@ -228,7 +250,8 @@ def synthesize(out_dir: str | Path, num: int = 3000, seed: int = 0, test_fractio
     for i, item in enumerate(items):
         split = "shifted" if i >= first_shifted else "test" if i >= first_test else "train"
         name = f"media/{item.modality}-{i:05d}.{EXTENSIONS[item.modality]}"
-        manifest.append(json.dumps({"split": split, **_write_item(item, out_dir, name, rng, split == "shifted")}))
+        for entry in _write_item(item, out_dir, name, rng, split == "shifted", views):
+            manifest.append(json.dumps({"split": split, "version": SET_VERSION, **entry}))
         if split == "train":
             captions.append(json.dumps({"modality": item.modality, "media": name, "caption": item.caption}))
         for rec in _records(item, name, rng, f"synth-{i:05d}", min(per_item, num - made)):

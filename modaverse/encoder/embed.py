@@ -7,7 +7,7 @@ speed comes from (the research code encodes one sample at a time).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -19,20 +19,43 @@ from modaverse.core.modality import TOWER
 from modaverse.encoder.imagebind.checkpoint import load_into, read_state_dict, resolve_weights
 from modaverse.encoder.imagebind.config import ImageBindConfig
 from modaverse.encoder.imagebind.model import ImageBind
+from modaverse.encoder.imagebind.towers import load_towers, tower_files
+from modaverse.encoder.text import TextTokenizer
 from modaverse.media import MediaConfig, MediaInput, load_media
 
 
-def build_imagebind(config: ImageBindConfig, weights: Path | None = None, seed: int = 0) -> ImageBind:
-    """An ImageBind from a checkpoint file, or with seeded random weights when none is given."""
+def build_imagebind(config: ImageBindConfig, weights: Path | None = None, seed: int = 0,
+                    towers: Mapping[str, Path] | None = None) -> ImageBind:
+    """An ImageBind from a checkpoint file, or with seeded random weights when none is given; then
+    the bound towers' own files (``towers``, tower -> file) over it."""
     if weights is None:
         model = ImageBind(config)
         model.init_weights(seed)
-        return model
-    state = read_state_dict(weights)
-    with torch.device("meta"):
-        model = ImageBind(config)
-    load_into(model, state, str(weights))
+    else:
+        state = read_state_dict(weights)
+        with torch.device("meta"):
+            model = ImageBind(config)
+        load_into(model, state, str(weights))
+    model.tower_meta = load_towers(model, towers or {})
     return model
+
+
+NO_TOKENIZER = ("the text tower has no tokenizer: set encoder.text_tokenizer to a tokenizers JSON (CLIP's BPE for "
+                "imagebind_huge), or load a bound text tower (encoder.tower_weights)")
+
+
+def text_tokenizer(model: ImageBind, path: str | None = None) -> TextTokenizer | None:
+    """The text tower's tokenizer: a file (``encoder.text_tokenizer``), else the one its tower file carries
+    (None without either: a text tower about to be trained from scratch)."""
+    c = model.config
+    if path is not None:
+        if not Path(path).is_file():
+            raise ModaverseError(f"encoder.text_tokenizer {path}: no such file")
+        return TextTokenizer(Path(path).read_text(), c.text_context_length, c.text_vocab_size, path)
+    meta = getattr(model, "tower_meta", {}).get("text", {})
+    if "tokenizer" not in meta:
+        return None
+    return TextTokenizer(meta["tokenizer"], c.text_context_length, c.text_vocab_size, "the text tower's tokenizer")
 
 
 class Encoder:
@@ -43,15 +66,24 @@ class Encoder:
         self.model = model.to(device=device, dtype=dtype)
         self.media = media
         self.device, self.dtype, self.batch_size = torch.device(device), dtype, batch_size
+        self.tokenizer: TextTokenizer | None = None
 
     @classmethod
-    def from_config(cls, config: EncoderConfig, media: MediaConfig = MediaConfig()) -> Encoder:
+    def from_config(cls, config: EncoderConfig, media: MediaConfig = MediaConfig(), *,
+                    text: bool = False) -> Encoder:
+        """``text`` builds the text tower too (zero-shot evaluation, binding), whatever the modalities."""
         weights = None
         if config.weights:
             weights = resolve_weights(config.weights, config.weights_url, config.sha256)
-        model = build_imagebind(ImageBindConfig.from_encoder(config), weights, config.seed)
-        return cls(model, media, device=pick_device(config.device), dtype=DTYPES[config.dtype],
-                   batch_size=config.batch_size)
+        arch = ImageBindConfig.from_encoder(config)
+        if text and "text" not in arch.towers:
+            arch = arch.model_copy(update={"towers": (*arch.towers, "text")})
+        model = build_imagebind(arch, weights, config.seed, tower_files(config.tower_weights))
+        encoder = cls(model, media, device=pick_device(config.device), dtype=DTYPES[config.dtype],
+                      batch_size=config.batch_size)
+        if text:
+            encoder.tokenizer = text_tokenizer(model, config.text_tokenizer)
+        return encoder
 
     @property
     def dim(self) -> int:
@@ -83,6 +115,20 @@ class Encoder:
                 x = torch.stack([items[i].tensor for i in chunk]).to(self.device, self.dtype)
                 out[chunk] = self.model.forward_tower(TOWER[modality], x).float().cpu()
         return out
+
+    @torch.inference_mode()
+    def embed_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """``[N, D]`` text embeddings (needs an encoder built with ``text=True``)."""
+        if "text" not in self.model.towers:
+            raise ModaverseError("this encoder was built without its text tower (Encoder.from_config(..., text=True))")
+        tokenizer = self.tokenizer
+        if tokenizer is None:
+            raise ModaverseError(NO_TOKENIZER)
+        out = []
+        for start in range(0, len(texts), self.batch_size * 8):
+            tokens = tokenizer(texts[start : start + self.batch_size * 8]).to(self.device)
+            out.append(self.model.forward_tower("text", tokens).float().cpu())
+        return torch.cat(out) if out else torch.empty(0, self.dim)
 
     def embed(self, paths: Iterable[str | Path], modality: str | None = None,
               on_progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, list[str]]:

@@ -40,9 +40,19 @@ def encoder_fingerprint(config: Config) -> str:
     elif enc.weights:  # hashing a 4.5 GB file every run is slow: its path, size and mtime stand in
         p = Path(enc.weights)
         weights = [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] if p.is_file() else enc.weights
+    from modaverse.core.cachedir import sha256_of
+    from modaverse.encoder.imagebind.towers import tower_files
+
+    towers = {t: sha256_of(p) for t, p in tower_files(enc.tower_weights).items() if t in _built(config)}
     doc = {"arch": enc.arch, "kwargs": enc.kwargs, "weights": weights, "seed": None if enc.weights else enc.seed,
-           "dtype": enc.dtype, "media": config.media.model_dump(mode="json")}
+           "dtype": enc.dtype, "media": config.media.model_dump(mode="json"), **({"towers": towers} if towers else {})}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _built(config: Config) -> set[str]:
+    from modaverse.core.modality import TOWER
+
+    return {TOWER[m] for m in config.encoder.modalities}
 
 
 def file_key(path: str | os.PathLike, modality: str) -> str:

@@ -38,7 +38,16 @@ from modaverse.config import Config
 from modaverse.core.atomic import write_json_atomic, write_text_atomic
 from modaverse.core.errors import ModaverseError
 from modaverse.encoder.imagebind.config import ImageBindConfig
-from modaverse.training.run import STEP_PREFIX, bounded, check_output, clear_run, plan, step_dirs, stream
+from modaverse.training.run import (
+    STEP_PREFIX,
+    Recipe,
+    bounded,
+    check_output,
+    clear_run,
+    plan,
+    step_dirs,
+    stream,
+)
 
 log = logging.getLogger("modaverse")
 
@@ -47,7 +56,7 @@ log = logging.getLogger("modaverse")
 EvalHook = Callable[[Config, str, "bool | None", "int | None"], dict]
 
 
-class TrainingRecipe:
+class TrainingRecipe(Recipe):
     """One training run. ``run()`` = setup, train, finish, cleanup; each step is a method."""
 
     def __init__(self, config: Config, *, output_dir: str | Path | None = None, resume: bool = False,
@@ -59,15 +68,6 @@ class TrainingRecipe:
         self.bar_off = None if progress is None else not progress  # None: a bar on terminals, log lines elsewhere
         self.started = time.perf_counter()
         self.start_step = 0
-
-    def run(self) -> dict:
-        """Runs (or resumes) the run; returns its summary (also written to ``summary.json``)."""
-        try:  # setup too: a refused output folder is found after the process group exists
-            self.setup()
-            self.train()
-            return self.finish()
-        finally:
-            self.cleanup()
 
     # -- 1. setup -----------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -293,10 +293,7 @@ class TrainingRecipe:
     def cleanup(self) -> None:
         if self.t.log_with and hasattr(self, "acc"):
             self.acc.end_training()
-        # A process group left to interpreter exit tears down gloo's threads mid-flight: a worker can die
-        # with SIGABRT ("terminate called without an active exception") after a run that succeeded.
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        super().cleanup()
 
 
 def train(config: Config, *, output_dir: str | Path | None = None, resume: bool = False,

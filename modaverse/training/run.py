@@ -101,6 +101,34 @@ def clear_run(out: Path) -> None:
     log.info("%s: removed the earlier run (--overwrite)", out)
 
 
+class Recipe:
+    """A run as torchtune recipes read: ``run()`` = setup, train, finish, cleanup (``train`` and ``bind``)."""
+
+    def run(self) -> dict:
+        """Runs (or resumes) the run; returns its summary (also written to ``summary.json``)."""
+        try:  # setup too: a refused output folder is found after the process group exists
+            self.setup()
+            self.train()
+            return self.finish()
+        finally:
+            self.cleanup()
+
+    def setup(self) -> None:
+        raise NotImplementedError
+
+    def train(self) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> dict:
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        # A process group left to interpreter exit tears down gloo's threads mid-flight: a worker can die
+        # with SIGABRT ("terminate called without an active exception") after a run that succeeded.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
 def bounded(convs: list, config: Config, seed: int, processes: int) -> list:
     """The conversations a short run uses: ``train.max_examples``, or what ``max_steps`` batches
     can reach, as a seeded sample in file order, so only their files are encoded."""

@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from modaverse.config import Config, ConfigError, GeneratorConfig, RenderConfig
-from modaverse.core.errors import ModaverseError, one_line
+from modaverse.config import Config, GeneratorConfig, RenderConfig
+from modaverse.core.errors import ConfigError, ModaverseError, one_line
 from modaverse.media import MediaInput
 from modaverse.media.writers import write_sidecar
 from modaverse.meta.schema import MAX_PROMPT_CHARS, Invocation, RenderParams

@@ -53,8 +53,9 @@ class ImageBindConfig(BaseModel):
     imu_num_blocks: int = 6
     imu_num_heads: int = 8
     imu_drop_path: float = 0.7
-    # Not upstream kwargs: upstream hard-codes these. Drop-path rates above are accepted for
-    # compatibility but unused, since the encoder only ever runs in eval mode.
+    # Not upstream kwargs: upstream hard-codes these. Drop-path rates above act only on towers
+    # opted into training (``modaverse bind``); inference runs in eval mode.
+    image_size: int = Field(224, description="side of the square image, depth and thermal inputs (and video frames)")
     text_vocab_size: int = 49408
     text_context_length: int = 77
     towers: tuple[str, ...] = Field(default=TOWER_NAMES, description="towers to build")

@@ -6,9 +6,11 @@ with nothing but ``torch.nn``. Module nesting mirrors upstream exactly, because 
 official ``imagebind_huge.pth`` is loaded with strict key matching: attribute names such
 as ``rgbt_stem.proj.1`` or ``modality_heads.imu.3`` are checkpoint layout, not style.
 
-The encoder is a frozen feature extractor: it is built in eval mode, its parameters never
-require grad, and ``train()`` cannot switch it out of eval (DropPath/Dropout are
-therefore never needed and are omitted).
+The encoder is a frozen feature extractor by default: it is built in eval mode, its
+parameters never require grad, and ``train()`` cannot switch it out of eval. Binding a tower
+(``modaverse bind``) opts that tower alone into training with :meth:`ImageBind.unfreeze`:
+only then do its DropPath and dropout act, at the rates upstream configures per tower.
+Neither has parameters, so the checkpoint layout is the same either way.
 """
 
 from __future__ import annotations
@@ -130,30 +132,48 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class DropPath(nn.Module):
+    """Stochastic depth: drops a residual branch per sample while training (sequence-first input)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty(1, x.shape[1], *([1] * (x.ndim - 2))).bernoulli_(keep)
+        return x * mask / keep
+
+
 class Block(nn.Module):
     """Pre-norm transformer block; sequence-first like upstream's nn.MultiheadAttention use."""
 
-    def __init__(self, dim: int, heads: int, add_bias_kv: bool, mlp_ratio: float = 4.0):
+    def __init__(self, dim: int, heads: int, add_bias_kv: bool, mlp_ratio: float = 4.0, drop_path: float = 0.0):
         super().__init__()
         self.attn = nn.MultiheadAttention(dim, heads, bias=True, add_bias_kv=add_bias_kv)
         self.norm_1 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.norm_2 = nn.LayerNorm(dim, eps=1e-6)
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         h = self.norm_1(x)
-        x = x + self.attn(h, h, h, need_weights=False, attn_mask=attn_mask)[0]
-        return x + self.mlp(self.norm_2(x))
+        x = x + self.drop_path(self.attn(h, h, h, need_weights=False, attn_mask=attn_mask)[0])
+        return x + self.drop_path(self.mlp(self.norm_2(x)))
 
 
 class Trunk(nn.Module):
-    def __init__(self, dim: int, depth: int, heads: int, pre_ln: bool, add_bias_kv: bool):
+    def __init__(self, dim: int, depth: int, heads: int, pre_ln: bool, add_bias_kv: bool, drop_path: float = 0.0):
         super().__init__()
         # Upstream's slot 1 is a parameter-free rearrange; only slot 0 reaches the checkpoint.
         self.pre_transformer_layer = nn.Sequential(
             nn.LayerNorm(dim, eps=1e-6) if pre_ln else nn.Identity()
         )
-        self.blocks = nn.ModuleList(Block(dim, heads, add_bias_kv) for _ in range(depth))
+        # upstream's rates grow linearly with depth, from 0 at the first block to drop_path at the last
+        rates = [drop_path * i / (depth - 1) for i in range(depth)] if depth > 1 else [0.0]
+        self.blocks = nn.ModuleList(Block(dim, heads, add_bias_kv, drop_path=r) for r in rates)
 
     def forward(self, tokens: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = self.pre_transformer_layer(tokens).transpose(0, 1)  # B L D -> L B D
@@ -233,7 +253,7 @@ class ImageBind(nn.Module):
         if "vision" in towers:
             k = tuple(c.kernel_size)
             conv = nn.Conv3d(3, c.vision_embed_dim, kernel_size=k, stride=k, bias=False)
-            n = (c.video_frames // k[0]) * (224 // k[1]) * (224 // k[2])
+            n = (c.video_frames // k[0]) * (c.image_size // k[1]) * (c.image_size // k[2])
             pre["vision"] = PatchPreprocessor(
                 PatchStem([PadIm2Video(c.video_frames), conv]), n, c.vision_embed_dim
             )
@@ -252,7 +272,7 @@ class ImageBind(nn.Module):
             conv = nn.Conv2d(1, d, kernel_size=ks, stride=st, bias=False)
             n = ((c.audio_num_mel_bins - ks) // st + 1) * ((c.audio_target_len - ks) // st + 1)
             pre["audio"] = PatchPreprocessor(PatchStem([conv], nn.LayerNorm(d)), n, d)
-            trunks["audio"] = Trunk(d, c.audio_num_blocks, c.audio_num_heads, False, True)
+            trunks["audio"] = Trunk(d, c.audio_num_blocks, c.audio_num_heads, False, True, c.audio_drop_path)
             heads["audio"] = _head(d, c.out_embed_dim)
             post["audio"] = _post(OUTPUT_SCALE["audio"])
         for name, stem_name in (("depth", "depth_stem"), ("thermal", "rgbt_stem")):
@@ -260,29 +280,48 @@ class ImageBind(nn.Module):
                 continue
             d, ks = getattr(c, f"{name}_embed_dim"), getattr(c, f"{name}_kernel_size")
             conv = nn.Conv2d(1, d, kernel_size=ks, stride=ks, bias=False)
-            n = (224 // ks) ** 2
+            n = (c.image_size // ks) ** 2
             pre[name] = PatchPreprocessor(PatchStem([conv], nn.LayerNorm(d)), n, d, stem_name)
-            trunks[name] = Trunk(
-                d, getattr(c, f"{name}_num_blocks"), getattr(c, f"{name}_num_heads"), False, True
-            )
+            trunks[name] = Trunk(d, getattr(c, f"{name}_num_blocks"), getattr(c, f"{name}_num_heads"), False,
+                                 True, getattr(c, f"{name}_drop_path"))
             heads[name] = _head(d, c.out_embed_dim)
             post[name] = _post(OUTPUT_SCALE[name])
         if "imu" in towers:
             d = c.imu_embed_dim
             pre["imu"] = IMUPreprocessor(6, 2000, c.imu_kernel_size, d)
-            trunks["imu"] = Trunk(d, c.imu_num_blocks, c.imu_num_heads, False, True)
+            trunks["imu"] = Trunk(d, c.imu_num_blocks, c.imu_num_heads, False, True, c.imu_drop_path)
             heads["imu"] = _head(d, c.out_embed_dim, dropout=True)
             post["imu"] = _post(OUTPUT_SCALE["imu"])
         self.modality_preprocessors = nn.ModuleDict(pre)
         self.modality_trunks = nn.ModuleDict(trunks)
         self.modality_heads = nn.ModuleDict(heads)
         self.modality_postprocessors = nn.ModuleDict(post)
+        self.unfrozen: tuple[str, ...] = ()
         self.requires_grad_(False)
         self.eval()
 
     def train(self, mode: bool = True) -> ImageBind:
-        """Stays in eval: the encoder is a frozen feature extractor by design."""
-        return super().train(False)
+        """Only unfrozen towers train; every other part stays a frozen feature extractor in eval."""
+        super().train(False)
+        for tower in self.unfrozen:
+            for group in (self.modality_preprocessors, self.modality_trunks, self.modality_heads,
+                          self.modality_postprocessors):
+                group[tower].train(mode)
+        return self
+
+    def unfreeze(self, towers: Iterable[str]) -> ImageBind:
+        """Opts towers into training (``modaverse bind``): their parameters require grad, and in
+        ``train()`` their DropPath and dropout act. A fixed logit scale stays a buffer, as upstream's."""
+        towers = tuple(towers)
+        for tower in towers:
+            if tower not in self.modality_trunks:
+                raise KeyError(f"tower {tower!r} was not built (built: {', '.join(self.towers)})")
+        self.unfrozen = towers
+        self.requires_grad_(False)
+        for name, p in self.named_parameters():
+            if name.startswith(tower_prefixes(towers)):
+                p.requires_grad_(True)
+        return self.train(self.training)
 
     @property
     def towers(self) -> tuple[str, ...]:

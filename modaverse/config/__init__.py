@@ -10,18 +10,14 @@ working directory.
 
 from __future__ import annotations
 
-import os
 import re
 from importlib import resources
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import AfterValidator, Field, ValidationError, field_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from modaverse.core.errors import ConfigError
 from modaverse.core.modality import MODALITIES, Modality
-from modaverse.core.strict import Settings, Strict, reason
+from modaverse.core.strict import Settings, Strict
 
 DType = Literal["float32", "float16", "bfloat16"]
 
@@ -93,6 +89,12 @@ class EncoderConfig(Settings):
     weights_url: str | None = Field(None, description="downloaded to `weights` when that file is missing")
     sha256: str | None = Field(None, description="expected sha256 of the weights file")
     seed: int = Field(0, description="seed for random init when no weights are given")
+    tower_weights: str | dict[str, str] | None = Field(
+        None, description="towers loaded over `weights` (`modaverse bind` output): a folder of <tower>.safetensors "
+        "files, or a mapping tower: file")
+    text_tokenizer: str | None = Field(
+        None, description="tokenizers JSON for the text tower (CLIP's BPE for imagebind_huge); null = the one a "
+        "bound text tower carries")
     device: Device = Field("auto", description="cpu, cuda, cuda:N, mps or auto")
     dtype: DType = Field("float32", description="compute dtype of the encoder")
     batch_size: int = Field(8, ge=1, description="files per forward pass")
@@ -249,6 +251,34 @@ class TrainConfig(Settings):
         "made for a tiny model never fine-tunes a real one whole by inheritance)")
 
 
+class BindConfig(Settings):
+    """``modaverse bind``: ImageBind's own recipe for the encoder (``bind:``; docs/imagebind.md).
+
+    Two stages, each run only for the towers asked for: vision and text trained together on
+    captioned images and videos (CLIP's symmetric InfoNCE; skipped over pretrained weights, whose
+    vision and text towers stay frozen as upstream's), then every other tower bound to the
+    *frozen* embeddings of its paired image or video, never to text.
+    """
+
+    pairs: str | None = Field(None, description="media.jsonl-style file: captioned images/videos and `pair`ed "
+                              "views (`modaverse data synth` writes one); relative to this file")
+    towers: list[Literal["vision", "text", "audio", "depth", "thermal", "imu"]] = Field(
+        default_factory=lambda: ["vision", "text", "audio", "depth", "thermal", "imu"],
+        description="towers to train (vision and text together, then each other tower against frozen vision)")
+    output_dir: str = Field("runs/bind", description="checkpoints and one <tower>.safetensors per tower in final/")
+    vision_text_steps: int = Field(3000, ge=1, description="optimizer steps of the vision-text stage")
+    bind_steps: int = Field(3000, ge=1, description="optimizer steps of the binding stage (all its towers each step)")
+    batch_size: int = Field(64, ge=2, description="pairs per tower per step (in-batch negatives)")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay of matrices")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="share of each stage's steps warming up, then cosine")
+    augment: bool = Field(True, description="label-keeping augmentations of the trained side (crops that keep "
+                          "objects, zoom, flips, brightness, contrast, blur, noise; audio gain and noise)")
+    save_every: int | None = Field(250, ge=1, description="checkpoint every N steps (plus one at the end)")
+    log_every: int = Field(50, ge=1, description="steps between logged losses")
+    seed: int | None = Field(None, description="data order and augmentation seed; null = the global seed")
+
+
 EVAL_CACHE = "~/.cache/modaverse/eval"
 
 
@@ -299,11 +329,25 @@ class Config(Settings):
     render: RenderConfig = Field(default_factory=RenderConfig)
     trainable: TrainableConfig = Field(default_factory=TrainableConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    bind: BindConfig = Field(default_factory=BindConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: str | None = Field(
         None, description="trained weights (a `modaverse train` run or step folder); null = untrained")
     zoo: dict[str, GeneratorConfig] = Field(
         default_factory=dict, description="capability -> generator; or a preset name from configs/zoo/ or a YAML path")
+
+    @model_validator(mode="after")
+    def _inputs_fit_the_towers(self) -> Config:
+        """The towers' positional tables are built for one input size: media must be cut to it."""
+        import json
+
+        arch = json.loads(arch_file(self.encoder.arch).read_text())
+        side = self.encoder.kwargs.get("image_size", arch.get("image_size", 224))
+        for key, value in (("media.image_size", self.media.image_size), ("media.video.size", self.media.video.size)):
+            if value != side:
+                raise ValueError(f"{key} is {value}, but the encoder ({self.encoder.arch}) takes {side}-pixel inputs; "
+                                 f"set {key}: {side}")
+        return self
 
 
 #: The settings that decide what a checkpoint's tensors are and mean. A checkpoint stores them
@@ -311,7 +355,7 @@ class Config(Settings):
 #: repeated by hand; a section listed as ``None`` is stored whole. Devices, dtypes and batch
 #: sizes are left to the user's config.
 SHAPING: dict[str, set[str] | None] = {
-    "encoder": {"arch", "kwargs", "modalities", "weights", "weights_url", "sha256", "seed"},
+    "encoder": {"arch", "kwargs", "modalities", "weights", "weights_url", "sha256", "seed", "tower_weights"},
     "adaptor": None,
     "llm": {"model", "arch", "seed", "lora"},
     "prompt": None,
@@ -325,154 +369,14 @@ def shaping(config: Config) -> dict:
             for section, keys in SHAPING.items()}
 
 
-#: Dotted keys holding file paths, resolved against the YAML file's folder.
-PATH_KEYS = ("encoder.weights", "llm.model", "checkpoint", "train.data", "train.eval_data", "train.feature_cache",
-             "eval.inception_weights", "eval.panns_weights", "eval.clip_model")
+# Reading YAML into a Config: its own module, re-exported here (it needs the schema above).
+from modaverse.config.loading import (  # noqa: E402
+    PATH_KEYS,
+    config_summary,
+    list_configs,
+    list_zoo_presets,
+    load_config,
+    parse_override,
+)
 
-
-def config_summary(name: str) -> str:
-    """The first line of a packaged config's leading comment: what the profile is for."""
-    text = (resources.files("modaverse.configs") / f"{name}.yaml").read_text()
-    first = next((line for line in text.splitlines() if line.strip()), "")
-    return first.lstrip("# ").rstrip(":").strip() if first.startswith("#") else ""
-
-
-def list_configs() -> list[str]:
-    root = resources.files("modaverse.configs")
-    return sorted(p.name.removesuffix(".yaml") for p in root.iterdir() if p.name.endswith(".yaml"))
-
-
-def _locate(name_or_path: str | os.PathLike) -> Path:
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
-        return path
-    if isinstance(name_or_path, str) and "/" not in name_or_path and not path.suffix:
-        packaged = resources.files("modaverse.configs") / f"{name_or_path}.yaml"
-        if packaged.is_file():
-            return Path(str(packaged))
-    raise ConfigError(f"{name_or_path}: no such config file or packaged config (packaged: {', '.join(list_configs())})")
-
-
-def list_zoo_presets() -> list[str]:
-    root = resources.files("modaverse.configs") / "zoo"
-    return sorted(p.name.removesuffix(".yaml") for p in root.iterdir() if p.name.endswith(".yaml"))
-
-
-def _read_mapping(path: Path, what: str) -> dict:
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: {what}")
-    return raw
-
-
-def _expand_zoo(raw: dict, base: Path, origin: str) -> None:
-    """``zoo: NAME`` (a packaged preset in configs/zoo/) or ``zoo: path.yaml`` becomes that mapping."""
-    name = raw.get("zoo")
-    if not isinstance(name, str):
-        return
-    path = (base / name).expanduser()
-    if not (name.endswith((".yaml", ".yml")) and path.is_file()):
-        packaged = resources.files("modaverse.configs") / "zoo" / f"{name}.yaml"
-        if "/" in name or not packaged.is_file():
-            raise ConfigError(f"{origin}: zoo: {name!r} is neither a zoo preset ({', '.join(list_zoo_presets())}) "
-                              "nor a YAML file")
-        path = Path(str(packaged))
-    preset = _read_mapping(path, "a zoo preset maps capabilities to generators")
-    for entry in preset.values():  # local model folders in a preset resolve against the preset's folder
-        if isinstance(entry, dict) and isinstance(entry.get("model"), str) and entry["model"].startswith("."):
-            entry["model"] = str((path.parent / entry["model"]).resolve())
-    raw["zoo"] = preset
-
-
-def _resolve_paths(raw: dict, base: Path) -> None:
-    for key in PATH_KEYS:
-        node = raw
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.get(p) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or not isinstance(node.get(leaf), str):
-            continue
-        value = node[leaf]
-        if "://" in value or value.startswith("~"):
-            node[leaf] = os.path.expanduser(value)
-            continue
-        if value.startswith((".", "/")) or (base / value).exists():
-            node[leaf] = str((base / value).resolve())
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    if "=" not in item:
-        raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. encoder.device=cpu")
-    key, _, value = item.partition("=")
-    try:
-        parsed = yaml.safe_load(value) if value else ""
-    except yaml.YAMLError:
-        parsed = value
-    return key.strip().split("."), parsed
-
-
-def _apply(raw: dict, keys: list[str], value: Any, item: str) -> None:
-    node = raw
-    for depth, k in enumerate(keys[:-1]):
-        nxt = node.setdefault(k, {})
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"--set {item}: {'.'.join(keys[: depth + 1])} is not a section")
-        node = nxt
-    node[keys[-1]] = value
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _read_layered(path: Path, seen: tuple[Path, ...]) -> dict:
-    """A config file with its ``base:`` chain merged under it; each file's paths resolved against its folder."""
-    if path.resolve() in seen:
-        raise ConfigError(f"{path}: base: configs extend each other in a loop")
-    raw = _read_mapping(path, "top level must be a mapping of sections")
-    _resolve_paths(raw, path.parent)
-    _expand_zoo(raw, path.parent, str(path))
-    base = raw.get("base")
-    if base is None:
-        return raw
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: base: expected a config name or path")
-    local = path.parent / base
-    parent = _read_layered(local if local.is_file() else _locate(base), (*seen, path.resolve()))
-    return _merge(parent, raw)
-
-
-def load_config(name_or_path: str | os.PathLike = "tiny", overrides: list[str] = (), *,
-                checkpoint: str | os.PathLike | None = None, shaped: dict | None = None) -> Config:
-    """Reads a YAML config (name or path), applies ``KEY=VALUE`` overrides, validates.
-
-    With ``checkpoint``, the model-shaping settings that checkpoint was trained with
-    (``shaped``, read from its manifest) replace the config's, and the checkpoint becomes the
-    config's; explicit overrides still come last and win.
-    """
-    path = _locate(name_or_path)
-    raw = _read_layered(path, ())
-    if checkpoint is not None:
-        for section, values in (shaped or {}).items():
-            if section in SHAPING and isinstance(values, dict):
-                raw[section] = {**(raw.get(section) or {}), **values}
-        raw["checkpoint"] = str(checkpoint)
-    try:
-        Config.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(f"{path}: {reason(e)}") from None
-    for item in overrides:
-        keys, value = parse_override(item)
-        _apply(raw, keys, value, item)
-        _expand_zoo(raw, Path.cwd(), f"--set {item}")
-        try:
-            Config.model_validate(raw)
-        except ValidationError as e:
-            raise ConfigError(f"--set {item}: {reason(e)}") from None
-    return Config.model_validate(raw)
+__all__ = ["PATH_KEYS", "config_summary", "list_configs", "list_zoo_presets", "load_config", "parse_override"]
