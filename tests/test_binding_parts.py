@@ -35,7 +35,7 @@ def test_unfrozen_tower_trains_with_upstream_drop_rates_and_others_stay_frozen()
     assert {n.split(".")[1] for n, p in model.named_parameters() if p.requires_grad} == {"imu"}
     assert model.modality_trunks["imu"].training and not model.modality_trunks["vision"].training
     rates = [b.drop_path.p for b in model.modality_trunks["imu"].blocks]
-    assert rates == pytest.approx([0.0, 0.7])  # linear in depth up to imu_drop_path, as upstream
+    assert rates == pytest.approx([0.0, model.config.imu_drop_path])  # linear in depth, as upstream
     x = torch.randn(4, 6, 2000)
     torch.manual_seed(0)
     a = model.forward_tower("imu", x)

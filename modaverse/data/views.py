@@ -30,8 +30,9 @@ THERMAL_RANGE = 100.0
 #: The sound each colour makes (a video's soundtrack's rule).
 SOUND_OF = {"red": "low", "green": "high", "blue": "chirp", "yellow": "noise"}
 IMU_RATE, IMU_SECONDS, GRAVITY = 200, 10.0, 9.81
-#: Metres per pixel of the video's frame, for the IMU's accelerations.
-METRES_PER_PIXEL = 0.01
+#: Metres per pixel of the video's frame, for the IMU's accelerations: a 64-px frame is 3.2 m wide, so a crossing
+#: peaks at 1 to 3 m/s^2, what a hand-held device feels.
+METRES_PER_PIXEL = 0.05
 
 
 def _objects(content: dict) -> list[tuple[str, str]]:

@@ -78,6 +78,14 @@ def detect_modality(path: str | Path) -> str:
     return family
 
 
+def input_shape(modality: str, config: MediaConfig) -> tuple[int, ...]:
+    """The tower input one file becomes under ``config`` (``INPUT_SHAPE`` is ImageBind's default)."""
+    side, a, v = config.image_size, config.audio, config.video
+    return {"image": (3, side, side), "depth": (1, side, side), "thermal": (1, side, side), "imu": INPUT_SHAPE["imu"],
+            "audio": (a.clips, 1, a.num_mel_bins, a.target_length),
+            "video": (v.clips * v.crops, 3, v.frames_per_clip, v.size, v.size)}[modality]
+
+
 def load_media(path: str | Path, modality: str | None = None, config: MediaConfig | None = None) -> MediaInput:
     """Loads and preprocesses one file; ``modality`` overrides detection."""
     path, config = Path(path), config or MediaConfig()
@@ -89,10 +97,11 @@ def load_media(path: str | Path, modality: str | None = None, config: MediaConfi
         check_file(path)
     if path.suffix.lower() == ".npy":
         arr = load_array(path)
-        if tuple(arr.shape) == INPUT_SHAPE[modality]:
+        want = input_shape(modality, config)
+        if tuple(arr.shape) == want:
             return MediaInput(str(path), modality, torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)))
         if modality not in ("depth", "thermal", "imu"):
-            raise MediaError(path, f"a {modality} array must have shape {INPUT_SHAPE[modality]}, got {tuple(arr.shape)}")
+            raise MediaError(path, f"a {modality} array must have shape {want}, got {tuple(arr.shape)}")
     loaders = {
         "image": lambda: load_image(path, config.image_size, config.max_pixels),
         "video": lambda: load_video(path, config.video),

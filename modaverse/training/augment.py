@@ -2,7 +2,8 @@
 
 In the synthetic world a colour, a shape, a direction and a kind of sound are labels, so only
 what leaves them true is allowed: crops that keep every object (at most :data:`CROP` of a side),
-zoom out, flips of still pictures (never of a video, whose direction is its label), brightness and
+zoom out, turns and a slight shear (upstream's RandAugment has both), flips of still pictures (never
+of a video, whose direction is its label), brightness and
 contrast (never hue, saturation or grayscale), blur and noise; audio gets gain and noise, never
 pitch; IMU a gain and noise. Each batch draws its own parameters from a seeded generator, so a
 resumed run augments exactly as the uninterrupted one.
@@ -15,22 +16,27 @@ import torch.nn.functional as F
 
 #: The most a crop takes off a side; the synthetic objects keep this margin (scenes.SPANS).
 CROP = 0.06
+#: The largest turn of a still picture or map (RandAugment's Rotate), and of a video.
+TURN, VIDEO_TURN = 30.0, 10.0
 
 
 def _u(g: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
     return torch.rand(n, generator=g) * (hi - lo) + lo
 
 
-def _geometry(x: torch.Tensor, g: torch.Generator, flip: bool) -> torch.Tensor:
-    """A random crop of at most CROP per side, or a zoom out to 80-100%, resampled to the same size
+def _geometry(x: torch.Tensor, g: torch.Generator, flip: bool, turn: float) -> torch.Tensor:
+    """A random crop of at most CROP per side or a zoom out to 80-100%, a turn of up to ``turn`` degrees
+    and a slight shear (RandAugment's geometric operations, upstream's recipe), resampled to the same size
     (``x``: [B, C, H, W] or [B, C, T, H, W], the same geometry for every frame)."""
     b = x.shape[0]
     scale = torch.where(torch.rand(b, generator=g) < 0.5, _u(g, b, 1 - CROP, 1.0), _u(g, b, 1.0, 1.25))
     shift = (torch.rand(b, 2, generator=g) * 2 - 1) * (1 - scale.clamp(max=1)).unsqueeze(1)
+    angle, shear = torch.deg2rad(_u(g, b, -turn, turn)), _u(g, b, -0.15, 0.15)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    mirror = torch.where(torch.rand(b, generator=g) < 0.5, -1.0, 1.0) if flip else torch.ones(b)
     theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0] = theta[:, 1, 1] = scale
-    if flip:
-        theta[:, 0, 0] *= torch.where(torch.rand(b, generator=g) < 0.5, -1.0, 1.0)
+    theta[:, 0, 0], theta[:, 0, 1] = cos * scale * mirror, (cos * shear - sin) * scale
+    theta[:, 1, 0], theta[:, 1, 1] = sin * scale * mirror, (sin * shear + cos) * scale
     theta[:, :, 2] = shift
     frames = x.ndim == 5
     if frames:
@@ -62,9 +68,9 @@ def _view(b: int, ndim: int) -> tuple[int, ...]:
     return (b,) + (1,) * (ndim - 1)
 
 
-def pictures(x: torch.Tensor, g: torch.Generator, *, flip: bool) -> torch.Tensor:
+def pictures(x: torch.Tensor, g: torch.Generator, *, flip: bool, turn: float) -> torch.Tensor:
     """Images, videos (``flip=False``), depth and thermal maps, already normalised."""
-    x = _geometry(x.float(), g, flip)
+    x = _geometry(x.float(), g, flip, turn)
     b, shape = x.shape[0], _view(x.shape[0], x.ndim)
     x = x * _u(g, b, 0.8, 1.2).view(shape) + _u(g, b, -0.2, 0.2).view(shape)  # contrast, brightness
     x = _blur(x, g)
@@ -88,7 +94,8 @@ def imu(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 def augment(tower: str, x: torch.Tensor, g: torch.Generator, *, still: bool = True) -> torch.Tensor:
     """One batch of a tower's inputs; ``still`` is False for videos (no flips)."""
     if tower in ("vision", "depth", "thermal"):
-        return pictures(x, g, flip=still and tower == "vision")
+        # a video's direction is its label: it is never mirrored, and turned only a little
+        return pictures(x, g, flip=still and tower == "vision", turn=TURN if still else VIDEO_TURN)
     if tower == "audio":
         return audio(x, g)
     if tower == "imu":

@@ -128,7 +128,11 @@ class BindRecipe(Recipe):
         from modaverse.encoder.text import TextTokenizer, word_level_json
 
         config = self.config
-        self.encoder = Encoder.from_config(config.encoder, config.media, text="text" in self.clip)
+        if config.encoder.dtype != "float32":  # trained weights and AdamW's state stay float32
+            log.info("bind: the encoder trains in float32 (encoder.dtype %s is for inference)", config.encoder.dtype)
+        enc = config.encoder.model_copy(update={"dtype": "float32"})
+        self.encoder = Encoder.from_config(enc, config.media, text="text" in self.clip)
+        self.device = self.encoder.device
         model = self.encoder.model
         c = model.config
         self.tokenizer = None
@@ -267,7 +271,8 @@ class BindRecipe(Recipe):
             x = torch.stack(xs)
             if train and self.b.augment:
                 x = augment(TOWER[modality], x, g, still=modality != "video")
-            out[modality] = x.unsqueeze(1) if modality == "video" else x  # a video's one view keeps its view axis
+            x = x.unsqueeze(1) if modality == "video" else x  # a video's one view keeps its view axis
+            out[modality] = x.to(self.device)
         return out
 
     def _embed(self, entries: list, g: torch.Generator) -> torch.Tensor:
@@ -284,20 +289,21 @@ class BindRecipe(Recipe):
         order = stream(len(self.captioned), self.seed, step * self.b.batch_size, self.b.batch_size)
         entries = [self.captioned[i] for i in order]
         vision = self._embed(entries, g)
-        text = self.model.forward_tower("text", self.tokens[order])
-        return {"vision_text": info_nce(vision, text, soft_targets([e.caption for e in entries]))}
+        text = self.model.forward_tower("text", self.tokens[order].to(self.device))
+        return {"vision_text": info_nce(vision, text, soft_targets([e.caption for e in entries]).to(self.device))}
 
     @torch.no_grad()
     def _anchor_embeddings(self) -> dict[Path, torch.Tensor]:
         """Each anchor's embedding through the frozen vision tower, computed once (eval mode, every view)."""
         self.model.eval()
         out = {}
-        for start in range(0, len(self.anchors), 64):
-            chunk = self.anchors[start : start + 64]
+        step = self.encoder.batch_size
+        for start in range(0, len(self.anchors), step):
+            chunk = self.anchors[start : start + step]
             for modality in ("image", "video"):
                 es = [e for e in chunk if e.modality == modality]
                 if es:
-                    x = torch.stack([self.x[id(e)].float() for e in es])
+                    x = torch.stack([self.x[id(e)].float() for e in es]).to(self.device)
                     out.update(zip([e.path for e in es], self.model.forward_tower("vision", x), strict=True))
         return out
 
@@ -308,7 +314,7 @@ class BindRecipe(Recipe):
             emb = self._embed(entries, g)
             anchor = torch.stack([self.frozen[e.pair] for e in entries])
             groups = [self._group(e) for e in entries]
-            losses[tower] = info_nce(emb, anchor, soft_targets(groups))
+            losses[tower] = info_nce(emb, anchor, soft_targets(groups).to(self.device))
         return losses
 
     def _group(self, entry) -> str:
