@@ -201,6 +201,17 @@ def table(reports: dict[str, dict]) -> str:
                     r = reports[n]["modalities"].get(modality, {}).get("attributes", {}).get(attribute, {}).get(split, {})
                     cells += [_pct(r.get("zero_shot")), _pct(r.get("probe"))]
                 lines.append(f"| {modality}{emergent} | {attribute}{tag} | {split} | " + " | ".join(cells) + " |")
+    lines += ["", "| modality | retrieves | split | " + " | ".join(f"{n}: R@1 | {n}: R@5" for n in names) + " |",
+              "|" + "---|" * (3 + 2 * len(names))]
+    for modality, m in first.items():
+        what = "its caption" if modality in ("image", "video") else f"its {PROMPTS_OF[modality]}"
+        for split in m["retrieval"]:
+            cells = []
+            for n in names:
+                r = reports[n]["modalities"].get(modality, {}).get("retrieval", {}).get(split, {})
+                cells += [_pct(r.get("r1")), _pct(r.get("r5"))]
+            lines.append(f"| {modality} | {what} (of {m['retrieval'][split]['candidates']}) | {split} | "
+                         + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

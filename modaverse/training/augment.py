@@ -4,7 +4,8 @@ In the synthetic world a colour, a shape, a direction and a kind of sound are la
 what leaves them true is allowed: crops that keep every object (at most :data:`CROP` of a side),
 zoom out, turns and a slight shear (upstream's RandAugment has both), flips of still pictures (never
 of a video, whose direction is its label), brightness and
-contrast (never hue, saturation or grayscale), blur and noise; audio gets gain and noise, never
+contrast (never hue, saturation or grayscale; never on a thermal image, whose grey level is a
+temperature), blur and noise; audio gets gain and noise, never
 pitch; IMU a gain and noise. Each batch draws its own parameters from a seeded generator, so a
 resumed run augments exactly as the uninterrupted one.
 """
@@ -68,11 +69,13 @@ def _view(b: int, ndim: int) -> tuple[int, ...]:
     return (b,) + (1,) * (ndim - 1)
 
 
-def pictures(x: torch.Tensor, g: torch.Generator, *, flip: bool, turn: float) -> torch.Tensor:
-    """Images, videos (``flip=False``), depth and thermal maps, already normalised."""
+def pictures(x: torch.Tensor, g: torch.Generator, *, flip: bool, turn: float, levels: bool = True) -> torch.Tensor:
+    """Images, videos (``flip=False``), depth and thermal maps, already normalised. ``levels`` False keeps
+    the values themselves (a thermal image's grey level is a temperature, and a temperature can be a label)."""
     x = _geometry(x.float(), g, flip, turn)
     b, shape = x.shape[0], _view(x.shape[0], x.ndim)
-    x = x * _u(g, b, 0.8, 1.2).view(shape) + _u(g, b, -0.2, 0.2).view(shape)  # contrast, brightness
+    if levels:
+        x = x * _u(g, b, 0.8, 1.2).view(shape) + _u(g, b, -0.2, 0.2).view(shape)  # contrast, brightness
     x = _blur(x, g)
     return x + torch.randn(x.shape, generator=g) * _u(g, b, 0.0, 0.08).view(shape)
 
@@ -95,7 +98,8 @@ def augment(tower: str, x: torch.Tensor, g: torch.Generator, *, still: bool = Tr
     """One batch of a tower's inputs; ``still`` is False for videos (no flips)."""
     if tower in ("vision", "depth", "thermal"):
         # a video's direction is its label: it is never mirrored, and turned only a little
-        return pictures(x, g, flip=still and tower == "vision", turn=TURN if still else VIDEO_TURN)
+        return pictures(x, g, flip=still and tower == "vision", turn=TURN if still else VIDEO_TURN,
+                        levels=tower != "thermal")
     if tower == "audio":
         return audio(x, g)
     if tower == "imu":

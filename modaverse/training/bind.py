@@ -120,8 +120,9 @@ class BindRecipe(Recipe):
             self.resume(self.resume_from)
         if self.main:
             self._prepare_folder()
-            log.info("bind: %s; %d captioned, %s", ", ".join(f"{s} {n} steps" for s, n in self.stages),
-                     len(self.captioned), ", ".join(f"{len(v)} {t}" for t, v in self.views.items()) or "no views")
+            data = ([f"{len(self.captioned)} captioned"] if self.clip else []) + [
+                f"{len(v)} {t}" for t, v in self.views.items()]
+            log.info("bind: %s; %s", ", ".join(f"{s} {n} steps" for s, n in self.stages), ", ".join(data))
 
     def _build_encoder(self) -> None:
         from modaverse.encoder.embed import Encoder
