@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,3 +157,37 @@ def test_a_pair_must_name_a_picture_or_video_of_the_file(world, tmp_path):
                                "pair": "elsewhere.png"}) + "\n")
     r = run_cli("bind", "--config", "tiny-bind", "--pairs", bad, "-o", tmp_path / "run", "--towers", "depth")
     assert r.returncode == 2 and "pairs.jsonl:1: pair" in r.stderr and "is not an image or video line" in r.stderr
+
+
+def test_the_shipped_encoder_perceives_new_files(tmp_path):
+    """The offline profiles' bound encoder (configs/checkpoints/imagebind-tiny112) names the colour and shape
+    of pictures it has never seen through text alone, and the colour of their thermal views, which never
+    saw a word: a random encoder of the same architecture does neither."""
+    from modaverse.config import load_config
+    from modaverse.data.synth import synthesize
+    from modaverse.evaluation.binding import evaluate_binding
+
+    synthesize(tmp_path, 120, seed=99, test_fraction=0.5, shifted_fraction=0.0)
+    report = evaluate_binding(load_config("tiny"), tmp_path / "media.jsonl")
+    m = report["modalities"]
+    assert m["image"]["attributes"]["colour"]["test"]["zero_shot"] >= 0.9
+    assert m["image"]["attributes"]["shape"]["test"]["zero_shot"] >= 0.8
+    assert m["thermal"]["attributes"]["colour"]["test"]["zero_shot"] >= 0.7
+    assert not report["notes"]
+
+
+def test_a_moved_checkpoint_finds_its_encoder_towers_through_the_config(tmp_path):
+    """A checkpoint records where its encoder's tower files were; shipped in the package (or copied),
+    that path is gone, and the profile's own tower files stand in."""
+    from modaverse import checkpoint
+    from modaverse.config import load_config
+
+    shipped = Path(load_config("tiny").checkpoint)
+    moved = tmp_path / "tiny"
+    shutil.copytree(shipped, moved)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["config"]["encoder"]["tower_weights"] = "/nowhere/imagebind-tiny112"
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    config = checkpoint.config_for(moved, "tiny")
+    assert config.encoder.tower_weights == load_config("tiny").encoder.tower_weights
+    assert config.checkpoint == str(moved)

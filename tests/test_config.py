@@ -1,5 +1,7 @@
 """Config validation: errors name the file (or --set) and the dotted key."""
 
+from pathlib import Path
+
 import pytest
 
 from modaverse.config import list_configs, load_config
@@ -10,7 +12,8 @@ from modaverse.encoder.imagebind.config import ImageBindConfig
 def test_packaged_configs_validate():
     assert {"tiny", "modaverse-7b"} <= set(list_configs())
     tiny = load_config("tiny")
-    assert tiny.encoder.arch == "imagebind_tiny" and tiny.encoder.weights is None
+    assert tiny.encoder.arch == "imagebind_tiny112" and tiny.encoder.weights is None
+    assert Path(tiny.encoder.tower_weights).is_dir()  # the bound towers ship with the package
     big = load_config("modaverse-7b")
     assert big.llm.model == "lmsys/vicuna-7b-v1.5"
     assert big.encoder.weights.endswith("imagebind_huge.pth")

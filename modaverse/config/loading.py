@@ -147,6 +147,20 @@ def _read_layered(path: Path, seen: tuple[Path, ...]) -> dict:
     return _merge(parent, raw)
 
 
+def _moved_towers(stored: dict, own: dict) -> dict:
+    """A checkpoint records the absolute path of its encoder's tower files; a checkpoint shipped with the
+    package (or copied elsewhere) outlives that path. Then the config's own tower files stand in."""
+    towers = stored.get("tower_weights")
+    paths = list(towers.values()) if isinstance(towers, dict) else [towers] if isinstance(towers, str) else []
+    if not paths or all(Path(p).exists() for p in paths) or not own.get("tower_weights"):
+        return stored
+    import logging
+
+    logging.getLogger("modaverse").info("the checkpoint's encoder.tower_weights (%s) are not here; using the "
+                                        "config's (%s)", towers, own["tower_weights"])
+    return {k: v for k, v in stored.items() if k != "tower_weights"}
+
+
 def load_config(name_or_path: str | os.PathLike = "tiny", overrides: list[str] = (), *,
                 checkpoint: str | os.PathLike | None = None, shaped: dict | None = None) -> Config:
     """Reads a YAML config (name or path), applies ``KEY=VALUE`` overrides, validates.
@@ -160,6 +174,7 @@ def load_config(name_or_path: str | os.PathLike = "tiny", overrides: list[str] =
     if checkpoint is not None:
         for section, values in (shaped or {}).items():
             if section in SHAPING and isinstance(values, dict):
+                values = _moved_towers(values, raw.get(section) or {}) if section == "encoder" else values
                 raw[section] = {**(raw.get(section) or {}), **values}
         raw["checkpoint"] = str(checkpoint)
     try:
@@ -173,5 +188,10 @@ def load_config(name_or_path: str | os.PathLike = "tiny", overrides: list[str] =
         try:
             Config.model_validate(raw)
         except ValidationError as e:
-            raise ConfigError(f"--set {item}: {reason(e)}") from None
-    return Config.model_validate(raw)
+            if e.errors()[0]["loc"]:  # a check across sections may need the overrides after this one
+                raise ConfigError(f"--set {item}: {reason(e)}") from None
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        given = " ".join(f"--set {item}" for item in overrides)
+        raise ConfigError(f"{path} with {given}: {reason(e)}") from None
