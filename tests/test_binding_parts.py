@@ -118,8 +118,10 @@ def test_media_size_must_fit_the_architecture(tmp_path):
     from modaverse.config import load_config
     from modaverse.core.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="media.image_size is 224, but the encoder .* takes 112-pixel inputs"):
-        load_config("tiny", ["encoder.arch=imagebind_tiny112"])
+    with pytest.raises(ConfigError, match=r"media.image_size is 112, but the encoder \(imagebind_tiny\) takes 224-pixel"):
+        load_config("tiny", ["encoder.arch=imagebind_tiny"])
+    assert load_config("tiny", ["encoder.arch=imagebind_tiny", "encoder.tower_weights=null", "media.image_size=224",
+                                "media.video.size=224"]).media.image_size == 224  # checked once all are given
     cfg = tmp_path / "c.yaml"
     (tmp_path / "towers").mkdir()
     (tmp_path / "towers/thermal.safetensors").write_bytes(b"")  # relative paths that exist resolve against the file

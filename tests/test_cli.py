@@ -51,8 +51,10 @@ def test_progress_bar_on_a_terminal(tmp_path):
 
 def test_embed_with_config_and_modality(tmp_path, expected):
     out = tmp_path / "d.safetensors"
+    fixture_shape = ["--set", "encoder.arch=imagebind_tiny", "--set", "encoder.tower_weights=null",  # upstream's sizes
+                     "--set", "media.image_size=224", "--set", "media.video.size=224", "--set", "media.video.crops=3"]
     r = run_cli("embed", IB / "depth.npy", IB / "thermal.npy", "--config", "tiny", "--modality", "depth",
-                "--weights", IB / "weights.safetensors", "--output", out)
+                "--weights", IB / "weights.safetensors", "--output", out, *fixture_shape)
     assert r.returncode == 0, r.stderr
     emb, _, mods, _ = embfile.read(out)
     assert mods == ["depth", "depth"]
@@ -65,7 +67,7 @@ def test_tiny_profile_runs_without_weights(tmp_path):
     out = tmp_path / "e.safetensors"
     r = run_cli("embed", mf.image(tmp_path / "a.png"), mf.audio(tmp_path / "a.flac"), "--output", out)
     assert r.returncode == 0, r.stderr
-    assert embfile.read(out)[0].shape == (2, 32)
+    assert embfile.read(out)[0].shape == (2, 64)  # the bound tiny encoder's embeddings
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "truncated", "mislabelled", "unsupported"])

@@ -318,7 +318,10 @@ def test_learning_benchmark_breaks_held_out_scores_down_by_form_modality_and_shi
 def _official_state(config, lora_suffix: str, vocab: int):
     """A state dict in the official release's layout, for the tiny architecture."""
     torch.manual_seed(0)
-    h, r, dim = config.llm.arch["hidden_size"], config.llm.lora.r, 32
+    from modaverse.encoder.imagebind.config import ImageBindConfig
+
+    h, r = config.llm.arch["hidden_size"], config.llm.lora.r
+    dim = ImageBindConfig.from_encoder(config.encoder).out_embed_dim
     state = {"linear_proj.weight": torch.randn(h, dim), "linear_proj.bias": torch.randn(h)}
     for layer in range(config.llm.arch["num_hidden_layers"]):
         for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):

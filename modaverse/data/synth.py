@@ -299,6 +299,8 @@ def write_benchmark_set(out_dir: str | Path, modality: str, num: int = 6, seed: 
         name = f"{modality}/{i:05d}.{EXTENSIONS[modality]}"
         _write_item(item, out_dir, name, rng, shifted=False)
         short = f"the sound of {item.noise}" if modality == "audio" else item.picture
-        lines.append(json.dumps({"id": f"{modality}-{i:05d}", "file": name, "captions": [item.caption, short]}))
+        # the conversations' phrasing of a video (item.motion), not its caption's direction: what a profile learned to draw
+        first = item.motion if modality == "video" else item.caption
+        lines.append(json.dumps({"id": f"{modality}-{i:05d}", "file": name, "captions": [first, short]}))
     write_text_atomic(out_dir / "annotations.jsonl", "".join(line + "\n" for line in lines))
     return out_dir
