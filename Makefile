@@ -67,8 +67,8 @@ demo: setup
 	@echo "== new synthetic inputs (never seen in training)"
 	@$(BIN)/modaverse data synth --output $(DEMO)/inputs --num 48 --seed 2026 --test-fraction 0.5 \
 		--shifted-fraction 0.5 --force --benchmark-sets 8 >/dev/null
-	@echo "== What is in this picture? ($(DEMO)/inputs/media/image-00003.png, which shows $(call SHOWS,image-00003.png))"
-	@$(BIN)/modaverse generate "What is in this picture? <media>" -i $(DEMO)/inputs/media/image-00003.png \
+	@echo "== What is in this picture? ($(DEMO)/inputs/media/image-00006.png, which shows $(call SHOWS,image-00006.png))"
+	@$(BIN)/modaverse generate "What is in this picture? <media>" -i $(DEMO)/inputs/media/image-00006.png \
 		--config $(PROFILE) --output-dir $(DEMO)/describe --force
 	@echo "== What do you hear? ($(DEMO)/inputs/media/audio-00002.wav, which holds $(call SHOWS,audio-00002.wav))"
 	@$(BIN)/modaverse generate "What do you hear in <media>?" -i $(DEMO)/inputs/media/audio-00002.wav \
