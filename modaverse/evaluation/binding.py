@@ -160,15 +160,14 @@ def evaluate_binding(config: Config, data: str | Path, probe_data: str | Path | 
 
 def _retrieval(held, rows, emb, anchor_emb, encoder, splits) -> dict:
     """R@1 / R@5: a view finds its own picture or video among its split's; a picture or video its own caption."""
-    kind = {e.path: e.modality for e in held}
+    kind, split_of = {e.path: e.modality for e in held}, {e.path: e.split for e in held}
     out = {}
     for split in splits:
         views = [i for i in rows if held[i].split == split and held[i].pair is not None]
         captioned = [i for i in rows if held[i].split == split and held[i].caption]
         if views:
             anchor_kind = kind[held[views[0]].pair]
-            pool = sorted(p for p in anchor_emb if kind[p] == anchor_kind and
-                          any(h.path == p and h.split == split for h in held))
+            pool = sorted(p for p in anchor_emb if kind[p] == anchor_kind and split_of[p] == split)
             cand, idx = torch.stack([anchor_emb[p] for p in pool]), views
             target = torch.tensor([pool.index(held[i].pair) for i in views])
         elif captioned:

@@ -24,7 +24,6 @@ vision-text stage is refused: those towers stay frozen, as upstream's, and only 
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,23 +31,24 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from modaverse.checkpoint import MANIFEST
 from modaverse.config import Config
-from modaverse.core.atomic import write_json_atomic, write_text_atomic
+from modaverse.core.atomic import write_json_atomic
 from modaverse.core.errors import ModaverseError
 from modaverse.core.modality import TOWER
-from modaverse.training.run import STEP_PREFIX, Recipe, check_output, clear_run, step_dirs, stream
+from modaverse.training.run import Recipe, check_output, prepare_folder, publish_step, step_folder, stream
 
 log = logging.getLogger("modaverse")
 
 CLIP_TOWERS = ("vision", "text")
 BOUND_TOWERS = ("audio", "depth", "thermal", "imu")
 STATE = "state.pt"
-MANIFEST = "manifest.json"
 
 
 def soft_targets(groups: list) -> torch.Tensor:
     """Row-normalised positives: pairs of the same group (an identical caption) are not negatives."""
-    ids = torch.tensor([hash(g) for g in groups])
+    index = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+    ids = torch.tensor([index[g] for g in groups])
     same = (ids[:, None] == ids[None, :]).float()
     return same / same.sum(dim=1, keepdim=True)
 
@@ -105,8 +105,13 @@ class BindRecipe(Recipe):
         anchors = {e.pair for es in self.views.values() for e in es}
         by_path = {e.path: e for e in entries}
         self.anchors = [by_path[p] for p in sorted(anchors)]
-        self.acc = Accelerator(cpu=config.encoder.device == "cpu")
-        self.main = self.acc.is_main_process
+        # views of anchors with the same caption are positives for each other (else: of the same anchor)
+        self.group = {e.path: e.caption or str(e.path) for e in self.anchors}
+        acc = Accelerator(cpu=config.encoder.device == "cpu")
+        if acc.num_processes > 1:  # each process would train alone on the same batches, gradients never shared
+            raise ModaverseError(f"bind runs in one process ({acc.num_processes} were launched); run it as plain "
+                                 "`modaverse bind`, on one GPU or CPU")
+        self.main = acc.is_main_process
         self._build_encoder()
         wanted = {id(e): e for e in [*self.captioned, *self.anchors, *(e for es in self.views.values() for e in es)]}
         tensors = load_tensors(list(wanted.values()), config.media, None if self.bar_off is None else not self.bar_off)
@@ -119,7 +124,7 @@ class BindRecipe(Recipe):
         if self.resume_from is not None:
             self.resume(self.resume_from)
         if self.main:
-            self._prepare_folder()
+            prepare_folder(self.out, config, self.overwrite)
             data = ([f"{len(self.captioned)} captioned"] if self.clip else []) + [
                 f"{len(v)} {t}" for t, v in self.views.items()]
             log.info("bind: %s; %s", ", ".join(f"{s} {n} steps" for s, n in self.stages), ", ".join(data))
@@ -165,20 +170,10 @@ class BindRecipe(Recipe):
         sched = get_scheduler("cosine", opt, num_warmup_steps=round(steps * b.warmup_ratio), num_training_steps=steps)
         return opt, sched
 
-    def _prepare_folder(self) -> None:
-        import yaml
-
-        if self.overwrite:
-            clear_run(self.out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.out / "config.yaml", yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
-        for stale in self.out.glob(f".{STEP_PREFIX}*.partial"):
-            shutil.rmtree(stale, ignore_errors=True)
-
     def resume(self, folder: Path) -> None:
         import json
 
-        manifest = json.loads((folder / MANIFEST).read_text())
+        manifest = json.loads((folder / MANIFEST).read_text())  # a bind manifest, not a train checkpoint's
         if manifest.get("stages") != [list(s) for s in self.stages]:
             raise ModaverseError(f"{folder}: planned {manifest.get('stages')} but this config plans "
                                  f"{[list(s) for s in self.stages]}; resume with the run's settings")
@@ -255,7 +250,7 @@ class BindRecipe(Recipe):
         order = stream(len(entries), self.seed + salt, step * self.b.batch_size, self.b.batch_size)
         return [entries[i] for i in order]
 
-    def _inputs(self, entries: list, g: torch.Generator, train: bool = True) -> dict[str, torch.Tensor]:
+    def _inputs(self, entries: list, g: torch.Generator) -> dict[str, torch.Tensor]:
         """Tower inputs by modality group: a video contributes one random clip (training) of its views."""
         from modaverse.training.augment import augment
 
@@ -270,7 +265,7 @@ class BindRecipe(Recipe):
                     x = x[int(torch.randint(x.shape[0], (1,), generator=g))]
                 xs.append(x.float())
             x = torch.stack(xs)
-            if train and self.b.augment:
+            if self.b.augment:
                 x = augment(TOWER[modality], x, g, still=modality != "video")
             x = x.unsqueeze(1) if modality == "video" else x  # a video's one view keeps its view axis
             out[modality] = x.to(self.device)
@@ -314,19 +309,9 @@ class BindRecipe(Recipe):
             entries = self._batch(self.views[tower], step, salt)
             emb = self._embed(entries, g)
             anchor = torch.stack([self.frozen[e.pair] for e in entries])
-            groups = [self._group(e) for e in entries]
+            groups = [self.group[e.pair] for e in entries]
             losses[tower] = info_nce(emb, anchor, soft_targets(groups).to(self.device))
         return losses
-
-    def _group(self, entry) -> str:
-        """Views of anchors with the same caption are positives for each other (else: the same anchor)."""
-        anchor = self._anchor_by_path().get(entry.pair)
-        return anchor.caption if anchor is not None and anchor.caption else str(entry.pair)
-
-    def _anchor_by_path(self) -> dict:
-        if not hasattr(self, "_anchor_index"):
-            self._anchor_index = {e.path: e for e in self.anchors}
-        return self._anchor_index
 
     # -- checkpoints --------------------------------------------------------------------------------
     def _manifest(self, step: int) -> dict:
@@ -336,22 +321,15 @@ class BindRecipe(Recipe):
     def save(self, step: int) -> None:
         if not self.main:
             return
-        name = f"{STEP_PREFIX}{step:06d}"
-        tmp = self.out / f".{name}.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         from modaverse.encoder.imagebind.model import tower_prefixes
 
+        tmp, name = step_folder(self.out, step)
         trained = tower_prefixes([*self.clip, *self.bound])
         torch.save({"model": {k: v for k, v in self.model.state_dict().items() if k.startswith(trained)},
                     "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                     }, tmp / STATE)
         write_json_atomic(tmp / MANIFEST, self._manifest(step))
-        shutil.rmtree(self.out / name, ignore_errors=True)
-        tmp.rename(self.out / name)
-        write_text_atomic(self.out / "latest", name + "\n")
-        for old in step_dirs(self.out)[:-2]:
-            shutil.rmtree(old, ignore_errors=True)
+        publish_step(self.out, tmp, name, keep=2)
 
     # -- 3. finish ----------------------------------------------------------------------------------
     def finish(self) -> dict:

@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -35,7 +34,7 @@ import torch
 
 from modaverse import checkpoint
 from modaverse.config import Config
-from modaverse.core.atomic import write_json_atomic, write_text_atomic
+from modaverse.core.atomic import write_json_atomic
 from modaverse.core.errors import ModaverseError
 from modaverse.encoder.imagebind.config import ImageBindConfig
 from modaverse.training.run import (
@@ -43,9 +42,10 @@ from modaverse.training.run import (
     Recipe,
     bounded,
     check_output,
-    clear_run,
     plan,
-    step_dirs,
+    prepare_folder,
+    publish_step,
+    step_folder,
     stream,
 )
 
@@ -105,7 +105,8 @@ class TrainingRecipe(Recipe):
         acc.register_load_state_pre_hook(lambda models, _dir: models.clear())
         if self.resume_from is not None:
             self.resume(self.resume_from)
-        self._prepare_folder()
+        if self.main:
+            prepare_folder(self.out, config, self.overwrite)
         if t.log_with:
             acc.init_trackers(self.out.name, config={"lr": t.lr, "batch": self.plan.global_batch,
                                                      "steps": self.plan.total_steps})
@@ -149,17 +150,6 @@ class TrainingRecipe(Recipe):
         log.info("training %s of %s parameters (%.2f%%): adaptor %s, llm %s, marker rows %s", f"{trainable:,}",
                  f"{total:,}", 100 * trainable / total, config.trainable.adaptor, config.trainable.llm,
                  "on" if config.trainable.markers and config.trainable.llm != "full" else "off")
-
-    def _prepare_folder(self) -> None:
-        """Only now, with data and model ready, may ``--overwrite`` remove the earlier run."""
-        if not self.main:
-            return
-        if self.overwrite:
-            clear_run(self.out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.out / "config.yaml", _yaml(self.config))
-        for stale in self.out.glob(f".{STEP_PREFIX}*.partial"):  # left by a run killed mid-save
-            shutil.rmtree(stale, ignore_errors=True)
 
     def resume(self, folder: Path) -> None:
         """Optimiser, schedule and trainable weights from a step checkpoint of the same plan."""
@@ -241,22 +231,14 @@ class TrainingRecipe(Recipe):
     def save(self, step: int) -> None:
         """A resumable step checkpoint (optimiser state included), written beside and renamed into place."""
         acc, out = self.acc, self.out
-        name = f"{STEP_PREFIX}{step:06d}"
-        tmp = out / f".{name}.partial"
-        if self.main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+        tmp, name = step_folder(out, step) if self.main else (out / f".{STEP_PREFIX}{step:06d}.partial", "")
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
         tensors = self._trainable_now()
         if self.main:
             checkpoint.write(tmp, tensors, self.config, step=step, tokenizer_json=self.llm.tokenizer_json,
                              extra={"total_steps": self.plan.total_steps})
-            shutil.rmtree(out / name, ignore_errors=True)
-            tmp.rename(out / name)
-            write_text_atomic(out / checkpoint.LATEST, name + "\n")
-            for old in step_dirs(out)[: -self.t.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
+            publish_step(out, tmp, name, self.t.keep_last)
         acc.wait_for_everyone()
 
     # -- 3. finish ------------------------------------------------------------------------------------
@@ -390,9 +372,3 @@ def _optimizer(model: torch.nn.Module, config: Config, total: int, warmup: int):
                              {"params": no_decay, "weight_decay": 0.0}], lr=t.lr)
     name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[t.schedule]
     return opt, get_scheduler(name, opt, num_warmup_steps=warmup, num_training_steps=total)
-
-
-def _yaml(config: Config) -> str:
-    import yaml
-
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -101,6 +101,41 @@ def clear_run(out: Path) -> None:
     log.info("%s: removed the earlier run (--overwrite)", out)
 
 
+def prepare_folder(out: Path, config: Config, overwrite: bool) -> None:
+    """Only once data and model are ready may ``--overwrite`` remove the earlier run; then the run's
+    config is written and half-written step checkpoints of a killed run are cleared away."""
+    import yaml
+
+    from modaverse.core.atomic import write_text_atomic
+
+    if overwrite:
+        clear_run(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    for stale in out.glob(f".{STEP_PREFIX}*.partial"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def step_folder(out: Path, step: int) -> tuple[Path, str]:
+    """An empty sibling folder to write step ``step``'s checkpoint into, and the step's name."""
+    name = f"{STEP_PREFIX}{step:06d}"
+    tmp = out / f".{name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp, name
+
+
+def publish_step(out: Path, tmp: Path, name: str, keep: int) -> None:
+    """Renames a written step checkpoint into place, points ``latest`` at it and keeps the last ``keep``."""
+    from modaverse.core.atomic import write_text_atomic
+
+    shutil.rmtree(out / name, ignore_errors=True)
+    tmp.rename(out / name)
+    write_text_atomic(out / checkpoint.LATEST, name + "\n")
+    for old in step_dirs(out)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 class Recipe:
     """A run as torchtune recipes read: ``run()`` = setup, train, finish, cleanup (``train`` and ``bind``)."""
 
