@@ -40,7 +40,7 @@ def read_pairs(path: str | Path, splits: tuple[str, ...] | None = ("train",)) ->
     """The file's lines of the given splits (None: all), checked before anything is loaded."""
     path = Path(path)
     if not path.is_file():
-        raise ModaverseError(f"bind.pairs {path}: no such file (`modaverse data synth --output DIR` writes "
+        raise ModaverseError(f"{path}: no such pairs file (`modaverse data synth --output DIR` writes "
                              "DIR/media.jsonl)")
     root, out = path.parent, []
     for n, text in enumerate(path.read_text().splitlines(), 1):

@@ -93,6 +93,9 @@ class BindRecipe(Recipe):
         if not b.pairs:
             raise ModaverseError("bind.pairs is not set: give a pairs file (--pairs FILE; `modaverse data synth "
                                  "--output DIR` writes DIR/media.jsonl)")
+        if not Path(b.pairs).is_file():
+            raise ModaverseError(f"bind.pairs {b.pairs}: no such file (`modaverse data synth --output DIR` writes "
+                                 "DIR/media.jsonl)")
         entries = read_pairs(b.pairs)
         self.captioned = [e for e in entries if e.caption is not None]
         self.views = {t: [e for e in entries if e.pair is not None and TOWER[e.modality] == t] for t in self.bound}
