@@ -1,6 +1,7 @@
 """``modaverse bind`` and ``modaverse eval bind`` on the synthetic world's paired views, end to end."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -108,6 +109,8 @@ def test_bind_trains_every_tower_and_resumes_exactly(world, tmp_path):
         "audio.safetensors", "depth.safetensors", "imu.safetensors", "text.safetensors", "thermal.safetensors",
         "vision.safetensors"]
     assert "bind:" in r.stderr and "vision_text" in r.stderr and "thermal" in r.stderr
+    swaps = re.search(r"\((\d+) caption\(s\) with a swapped hard negative\)", r.stderr)
+    assert swaps and int(swaps[1]) > 0, r.stderr  # two-object pictures' captions
     # the same run cut back to its step-4 checkpoint (inside the vision-text stage) resumes to the same towers
     r = run_cli("bind", "--config", "tiny-bind", "--pairs", pairs, "-o", b, *SMALL)
     assert r.returncode == 0, r.stderr

@@ -10,6 +10,7 @@ from modaverse.encoder.imagebind.config import ImageBindConfig
 from modaverse.encoder.imagebind.model import ImageBind
 from modaverse.encoder.imagebind.towers import load_towers, save_tower, tower_files
 from modaverse.encoder.text import EOT, TextTokenizer, word_level_json
+from modaverse.training.bind import info_nce, soft_targets, swapped_caption
 
 CAPTIONS = ["a red circle", "a blue ring moving left", "a green triangle and a yellow ring"]
 
@@ -127,3 +128,31 @@ def test_media_size_must_fit_the_architecture(tmp_path):
     (tmp_path / "towers/thermal.safetensors").write_bytes(b"")  # relative paths that exist resolve against the file
     cfg.write_text("base: tiny\nencoder:\n  tower_weights: {thermal: towers/thermal.safetensors}\n")
     assert load_config(str(cfg)).encoder.tower_weights == {"thermal": str(tmp_path / "towers/thermal.safetensors")}
+
+
+@pytest.mark.parametrize("caption,swapped", [
+    ("a red ring and a blue circle", "a red circle and a blue ring"),
+    ("an orange ring and a blue circle, flat illustration", "an orange circle and a blue ring, flat illustration"),
+    ("a red ring and a blue ring", None),  # the swap would change nothing
+    ("a red ring moving left", None),
+])
+def test_two_object_captions_swap_their_attributes(caption, swapped):
+    assert swapped_caption(caption) == swapped
+
+
+def test_hard_negatives_weigh_on_the_vision_side_only():
+    """An extra text row is never a positive, raises the loss when it looks like a picture's embedding,
+    and leaves the text-to-vision half alone (it has no picture of its own)."""
+    torch.manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1) * 3
+    b = a.clone()
+    captions = ["x", "y", "x", "z"]
+    plain = info_nce(a, b, soft_targets(captions))
+    targets = soft_targets(captions, captions + ["x swapped"])
+    assert targets[:, 4].eq(0).all() and torch.equal(targets[:, :4], soft_targets(captions))
+    near, far = torch.cat([b, a[1:2]]), torch.cat([b, -a[1:2]])
+    assert info_nce(a, near, targets) > info_nce(a, far, targets) > plain - 1e-6
+    # the text-to-vision half alone: the plain loss minus its vision-to-text half
+    half = torch.nn.functional.cross_entropy((a @ b.T).T, soft_targets(captions).T) / 2
+    extra = torch.nn.functional.cross_entropy(a @ near.T, targets) / 2
+    assert torch.allclose(info_nce(a, near, targets), extra + half)

@@ -159,6 +159,8 @@ class PromptConfig(Settings):
 
 #: The smallest decoding budget: room for a short reply after the grammar's wrap-up phase.
 MIN_NEW_TOKENS = 96
+#: The most tokens one request may ask for.
+MAX_NEW_TOKENS = 8192
 
 
 class GenerationConfig(Settings):
@@ -274,6 +276,10 @@ class BindConfig(Settings):
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="share of each stage's steps warming up, then cosine")
     augment: bool = Field(True, description="label-keeping augmentations of the trained side (crops that keep "
                           "objects, zoom, flips, brightness, contrast, blur, noise; audio gain and noise)")
+    hard_negatives: bool = Field(True, description="vision-text stage: a caption of two objects ('a red ring and a "
+                                 "blue circle') gets its attribute-swapped caption ('a red circle and a blue ring') "
+                                 "as an extra negative (NegCLIP), so an embedding must bind each attribute to its "
+                                 "object rather than hold a bag of words")
     save_every: int | None = Field(250, ge=1, description="checkpoint every N steps (plus one at the end)")
     log_every: int = Field(50, ge=1, description="steps between logged losses")
     seed: int | None = Field(None, description="data order and augmentation seed; null = the global seed")

@@ -8,7 +8,9 @@ thermal and IMU through vision alone (emergent zero-shot). :class:`BindRecipe` r
 1. :meth:`~BindRecipe.setup`: check the output folder, the towers and the pairs file before any
    model is built; load every file once; build the encoder with the asked towers unfrozen;
 2. :meth:`~BindRecipe.train`: the vision-text stage (symmetric InfoNCE with in-batch negatives;
-   identical captions are positives, not negatives; the text tower's learnable temperature), then
+   identical captions are positives, not negatives; a caption of two objects adds its
+   attribute-swapped caption as a hard negative, NegCLIP's remedy for bag-of-words features; the
+   text tower's learnable temperature), then
    the binding stage (each tower against its anchors' frozen embeddings, computed once, at the
    tower's own fixed temperature, upstream's); label-keeping augmentations of the trained side;
    a step checkpoint every ``save_every`` steps, atomically; ``--resume`` continues exactly
@@ -24,6 +26,7 @@ vision-text stage is refused: those towers stay frozen, as upstream's, and only 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -45,18 +48,35 @@ BOUND_TOWERS = ("audio", "depth", "thermal", "imu")
 STATE = "state.pt"
 
 
-def soft_targets(groups: list) -> torch.Tensor:
-    """Row-normalised positives: pairs of the same group (an identical caption) are not negatives."""
-    index = {g: i for i, g in enumerate(dict.fromkeys(groups))}
-    ids = torch.tensor([index[g] for g in groups])
-    same = (ids[:, None] == ids[None, :]).float()
+#: Two noun phrases of an article, an attribute and a noun, joined by "and"; the rest is kept.
+TWO_OBJECTS = re.compile(r"^(an?) (\w+) (\w+) and (an?) (\w+) (\w+)(.*)$")
+
+
+def soft_targets(groups: list, columns: list | None = None) -> torch.Tensor:
+    """Row-normalised positives: pairs of the same group (an identical caption) are not negatives.
+    ``columns`` (default ``groups``) may add groups past the rows': hard negatives, never positive."""
+    columns = groups if columns is None else columns
+    index = {g: i for i, g in enumerate(dict.fromkeys([*groups, *columns]))}
+    rows, cols = torch.tensor([index[g] for g in groups]), torch.tensor([index[g] for g in columns])
+    same = (rows[:, None] == cols[None, :]).float()
     return same / same.sum(dim=1, keepdim=True)
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE on logits ``a @ b.T`` (the temperature is already in the embeddings' scale)."""
-    logits = a @ b.T
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets.T)) / 2
+    """Symmetric InfoNCE on logits ``a @ b.T`` (the temperature is already in the embeddings' scale).
+    Rows of ``b`` past ``a``'s are extra negatives for ``a``'s side only (they have no partner)."""
+    logits, n = a @ b.T, len(a)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits[:, :n].T, targets[:, :n].T)) / 2
+
+
+def swapped_caption(caption: str) -> str | None:
+    """NegCLIP's attribute swap: "a red ring and a blue circle" -> "a red circle and a blue ring"; None
+    when the caption is not two such phrases or the swap changes nothing. Bag-of-words features score
+    both alike, so as a negative it teaches which attribute belongs to which object."""
+    m = TWO_OBJECTS.match(caption)
+    if m is None or m[3] == m[6]:
+        return None
+    return f"{m[1]} {m[2]} {m[6]} and {m[4]} {m[5]} {m[3]}{m[7]}"
 
 
 class BindRecipe(Recipe):
@@ -128,7 +148,8 @@ class BindRecipe(Recipe):
             self.resume(self.resume_from)
         if self.main:
             prepare_folder(self.out, config, self.overwrite)
-            data = ([f"{len(self.captioned)} captioned"] if self.clip else []) + [
+            data = ([f"{len(self.captioned)} captioned ({len(self.negatives)} caption(s) with a swapped hard "
+                     "negative)"] if self.clip else []) + [
                 f"{len(v)} {t}" for t, v in self.views.items()]
             log.info("bind: %s; %s", ", ".join(f"{s} {n} steps" for s, n in self.stages), ", ".join(data))
 
@@ -153,6 +174,10 @@ class BindRecipe(Recipe):
                 self.tokenizer = TextTokenizer(word_level_json([e.caption for e in self.captioned], c.text_vocab_size),
                                                c.text_context_length, c.text_vocab_size, source)
             self.tokens = self.tokenizer([e.caption for e in self.captioned])
+            swaps = {c: swapped_caption(c) for c in dict.fromkeys(e.caption for e in self.captioned)}
+            self.negatives = {c: n for c, n in swaps.items() if n is not None} if config.bind.hard_negatives else {}
+            negs = list(dict.fromkeys(self.negatives.values()))
+            self.negative_tokens = dict(zip(negs, self.tokenizer(negs), strict=True)) if negs else {}
         model.unfreeze([*self.clip, *self.bound])
         self.model = model
 
@@ -288,8 +313,13 @@ class BindRecipe(Recipe):
         order = stream(len(self.captioned), self.seed, step * self.b.batch_size, self.b.batch_size)
         entries = [self.captioned[i] for i in order]
         vision = self._embed(entries, g)
-        text = self.model.forward_tower("text", self.tokens[order].to(self.device))
-        return {"vision_text": info_nce(vision, text, soft_targets([e.caption for e in entries]).to(self.device))}
+        captions = [e.caption for e in entries]
+        # hard negatives: each swapped caption of the batch that is no caption of the batch
+        negs = [n for n in dict.fromkeys(self.negatives.get(c) for c in captions) if n and n not in captions]
+        tokens = torch.cat([self.tokens[order], *(self.negative_tokens[n][None] for n in negs)])
+        text = self.model.forward_tower("text", tokens.to(self.device))
+        targets = soft_targets(captions, captions + negs).to(self.device)
+        return {"vision_text": info_nce(vision, text, targets)}
 
     @torch.no_grad()
     def _anchor_embeddings(self) -> dict[Path, torch.Tensor]:
