@@ -60,7 +60,7 @@ def test_generate_errors_are_one_line_and_write_nothing(tmp_path):
         (["generate", "x", "--set", "generation.max_new_tokens=10", "-o", tmp_path / "c"],
          ["--set generation.max_new_tokens=10: generation.max_new_tokens: 10 is below 96"]),
         (["generate", "x", "--temperature", "9", "-o", tmp_path / "d"], ["temperature: Input should be less than or equal to 5"]),
-        (["generate", "x", "--max-new-tokens", "10", "-o", tmp_path / "f"], ["max_new_tokens: 10 is below 96"]),
+        (["generate", "x", "--max-new-tokens", "9000", "-o", tmp_path / "f"], ["max_new_tokens: 9000 is outside 1..8192"]),
         (["generate", "see <media>", "-i", IB / "image_a.png", "-i", IB / "image_b.jpg", "-o", tmp_path / "e"],
          ["1 <media> placeholder(s) but 2 input(s)"]),
     ]

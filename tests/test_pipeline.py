@@ -100,8 +100,8 @@ def test_request_errors(tiny_pipe, tmp_path):
     # the Python API checks decoding settings as the CLI and the server do, with the same words
     with pytest.raises(ModaverseError, match="^temperature: Input should be less than or equal to 5$"):
         tiny_pipe("hi", temperature=9)
-    with pytest.raises(ModaverseError, match="^max_new_tokens: 10 is below 96"):
-        ModaVerse.check_inputs("hi", max_new_tokens=10)  # before any model is built
+    with pytest.raises(ModaverseError, match="^max_new_tokens: 0 is outside 1..8192$"):
+        ModaVerse.check_inputs("hi", max_new_tokens=0)  # before any model is built
     with pytest.raises(ModaverseError, match="nowhere.png: no such file"):
         ModaVerse.check_inputs("see <media>", [tmp_path / "nowhere.png"])
     with pytest.raises(ModaverseError, match="1 <media> placeholder"):
@@ -202,3 +202,60 @@ def test_a_request_joining_a_running_batch_answers_as_it_would_alone(tiny_pipe):
     while len(session):
         replies |= {k: r for k, r, _ in session.step()}
     assert [replies[k].raw for k in range(3)] == [t.raw for t in alone]
+
+
+def test_rows_that_leave_do_not_change_the_others(tiny_pipe):
+    """A client that goes away takes its row out of the batch; the rows left answer as they would alone."""
+    from modaverse.pipeline.turn import Request
+
+    asks = [Request("Generate a video of waves at night."), Request("What is in <media>?", [IB / "image_a.png"]),
+            Request("hi")]
+    alone = [tiny_pipe(r.instruction, r.inputs) for r in asks]
+    session = tiny_pipe.session(tiny_pipe.settings())
+    assert session.admit(list(enumerate(asks))) == []
+    replies = {}
+    for _ in range(3):
+        replies |= {k: r for k, r, _ in session.step()}
+    session.leave([1])
+    assert len(session) == 2
+    while len(session):
+        replies |= {k: r for k, r, _ in session.step()}
+    assert set(replies) == {0, 2}
+    assert [replies[0].raw, replies[2].raw] == [alone[0].raw, alone[2].raw]
+
+
+def test_a_cap_under_the_grammar_budget_cuts_the_reply_and_says_so(tiny_pipe):
+    full = tiny_pipe("Describe <media>", [IB / "image_a.png"])
+    chunks = []
+    cut = tiny_pipe("Describe <media>", [IB / "image_a.png"], max_new_tokens=8, on_text=chunks.append)
+    assert cut.finish_reason == "length" and cut.timings["new_tokens"] == 8
+    assert "cut at max_new_tokens 8" in cut.fallback and not cut.invocations
+    assert full.text.startswith(cut.text) and len(cut.text) < len(full.text)
+    assert "".join(chunks) == cut.text
+
+
+def test_stop_strings_end_the_reply_text_before_them(tiny_pipe):
+    """OpenAI's ``stop``: the reply ends before the first stop string, which is never streamed, not even
+    in part (text that could begin one is held back until it cannot)."""
+    from modaverse.pipeline.turn import Request
+
+    full = tiny_pipe("Describe <media>", [IB / "image_a.png"])
+    words = full.text.split()
+    assert len(words) >= 3, full.text
+    stop = " " + words[2]  # the reply's third word, with the space before it
+    chunks = []
+    request = Request("Describe <media>", [IB / "image_a.png"], on_text=chunks.append, stop=("never there", stop))
+    (turn,) = tiny_pipe.answer([request], tiny_pipe.settings())
+    expected = full.text[: full.text.index(stop)]
+    assert turn.text == expected and turn.finish_reason == "stop" and not turn.invocations
+    assert "".join(chunks) == expected
+
+
+def test_a_client_system_text_follows_the_profile_system_prompt(tiny_pipe):
+    plain = tiny_pipe.prepare("hi")
+    told = tiny_pipe.prepare("hi", system="Answer in French.")
+    text = tiny_pipe.llm.tokenizer.decode(told.prompt.input_ids)
+    assert tiny_pipe.prompts.system + "\n\nAnswer in French." in text
+    assert len(told.prompt) > len(plain.prompt)
+    with pytest.raises(ModaverseError, match="the system message contains the reserved token"):
+        tiny_pipe.prepare("hi", system="<Image>")

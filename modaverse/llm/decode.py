@@ -155,6 +155,24 @@ class Decoder:
         self.mask = torch.cat([_pad_time(self.mask, length, 1), _pad_time(mask, length, 1)])
         self.logits = torch.cat([self.logits, logits])
 
+    def _keep(self, kept: torch.Tensor) -> torch.Tensor:
+        """Keeps the rows where ``kept`` (bool, batch order) is true, in the cache too; their indices."""
+        keep = kept.nonzero().squeeze(-1)
+        if not len(keep):
+            self.rows, self.counts, self.cache, self.mask, self.logits = [], [], None, None, None
+            return keep
+        self.cache.batch_select_indices(keep)
+        self.mask, self.logits = self.mask[keep], self.logits[keep]
+        self.rows = [self.rows[k] for k in keep.tolist()]
+        self.counts = [self.counts[k] for k in keep.tolist()]
+        return keep
+
+    @torch.inference_mode()
+    def leave(self, rows: set[int]) -> None:
+        """Rows that end before their answer does (a client went away): out of the batch and its cache."""
+        if rows & set(self.rows):
+            self._keep(torch.tensor([r not in rows for r in self.rows]))
+
     @torch.inference_mode()
     def step(self) -> list[int]:
         """Chooses every row's next token and runs the model on them; returns the ids of the rows that ended
@@ -173,15 +191,10 @@ class Decoder:
             if (self.on_token is not None and self.on_token(row, token)) or self.counts[k] >= self.sampling.max_new_tokens:
                 ended[k] = True
         finished = [row for row, e in zip(self.rows, ended.tolist(), strict=True) if e]
-        if bool(ended.all()):
-            self.rows, self.counts, self.cache, self.mask, self.logits = [], [], None, None, None
-            return finished
         if finished:  # the finished rows leave the batch and its cache
-            keep = (~ended).nonzero().squeeze(-1)
-            self.cache.batch_select_indices(keep)
-            self.mask, chosen = self.mask[keep], chosen[keep]
-            self.rows = [self.rows[k] for k in keep.tolist()]
-            self.counts = [self.counts[k] for k in keep.tolist()]
+            chosen = chosen[self._keep(~ended)]
+        if not self.rows:
+            return finished
         if self.constraint is not None:
             self.constraint.prefetch(self.rows)  # the grammar's next masks, made while the model runs
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)

@@ -155,11 +155,20 @@ class PromptBuilder:
                 out.append(p.strip())
         return " ".join(out)
 
-    def render(self, messages: Sequence[Message], generation: bool = True) -> tuple[str, list[tuple[int, int]]]:
+    def system_text(self, extra: str | None = None) -> str:
+        """The system turn: the profile's prompt, then a client's own text (an OpenAI system message)."""
+        if not extra:
+            return self.system
+        self._check_text(extra, "the system message")
+        return f"{self.system}\n\n{extra}"
+
+    def render(self, messages: Sequence[Message], generation: bool = True,
+               system: str | None = None) -> tuple[str, list[tuple[int, int]]]:
         """The conversation as text, plus the character span of every assistant message."""
         contents = [self._user_content(m) if m.role == "user" else m.text for m in messages]
+        system = self.system_text(system)
         if self.use_vicuna:
-            text, spans = (self.tok.bos_token or "") + self.system + "\n", []
+            text, spans = (self.tok.bos_token or "") + system + "\n", []
             for m, c in zip(messages, contents, strict=True):
                 if m.role == "user":
                     text += f"### Human: {c}\n### Assistant:\n"
@@ -169,10 +178,10 @@ class PromptBuilder:
             return text, spans
         chat = [{"role": m.role, "content": c} for m, c in zip(messages, contents, strict=True)]
         try:
-            text = self.tok.apply_chat_template([{"role": "system", "content": self.system}, *chat],
+            text = self.tok.apply_chat_template([{"role": "system", "content": system}, *chat],
                                                 tokenize=False, add_generation_prompt=generation)
         except Exception:  # templates without a system role (e.g. Gemma): fold it into the first turn
-            chat[0] = {**chat[0], "content": f"{self.system}\n\n{chat[0]['content']}"}
+            chat[0] = {**chat[0], "content": f"{system}\n\n{chat[0]['content']}"}
             text = self.tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=generation)
         spans, start = [], 0
         for m, c in zip(messages, contents, strict=True):
@@ -183,8 +192,8 @@ class PromptBuilder:
         return text, spans
 
     # -- tokenisation ------------------------------------------------------------------------------
-    def _tokenize(self, messages: Sequence[Message], generation: bool) -> Prompt:
-        text, spans = self.render(messages, generation)
+    def _tokenize(self, messages: Sequence[Message], generation: bool, system: str | None = None) -> Prompt:
+        text, spans = self.render(messages, generation, system)
         enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = enc["input_ids"], enc["offset_mapping"]
         in_target = [any(s <= a and b <= e for s, e in spans) and b > a for a, b in offsets]
@@ -229,14 +238,16 @@ class PromptBuilder:
             base += len(msg.modalities)
         return groups
 
-    def build(self, messages: Sequence[Message], reserve: int = 0, generation: bool = True) -> Prompt:
-        """Tokenises, dropping the oldest turns while the prompt plus ``reserve`` overflow."""
+    def build(self, messages: Sequence[Message], reserve: int = 0, generation: bool = True,
+              system: str | None = None) -> Prompt:
+        """Tokenises, dropping the oldest turns while the prompt plus ``reserve`` overflow; ``system`` is a
+        client's text after the profile's system prompt."""
         if not messages or messages[-1].role != ("user" if generation else "assistant"):
             raise ValueError("a generation prompt ends with a user message; a training one with an assistant one")
         budget = self.max_context - reserve
         msgs, trimmed, media_offset = list(messages), 0, 0
         while True:
-            prompt = self._tokenize(msgs, generation)
+            prompt = self._tokenize(msgs, generation, system)
             if len(prompt) <= budget:
                 break
             current = 1 if generation else 2

@@ -25,7 +25,7 @@ import torch
 from pydantic import ValidationError
 
 from modaverse.adaptors import Adaptors
-from modaverse.config import Config, GenerationConfig, load_config
+from modaverse.config import MAX_NEW_TOKENS, MIN_NEW_TOKENS, Config, GenerationConfig, load_config
 from modaverse.core.device import DTYPES
 from modaverse.core.errors import ModaverseError
 from modaverse.core.strict import reason
@@ -66,8 +66,10 @@ def check_inputs(instruction: str, inputs: Sequence[str | os.PathLike | MediaInp
     """
     if not instruction.strip() and not inputs:
         raise ModaverseError("empty request: give an instruction, inputs, or both")
-    given = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("temperature", temperature), ("seed", seed))
-             if v is not None}
+    # a request may cap its reply under the grammar's least budget: the reply is then cut, and says so
+    if max_new_tokens is not None and not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise ModaverseError(f"max_new_tokens: {max_new_tokens} is outside 1..{MAX_NEW_TOKENS}")
+    given = {k: v for k, v in (("temperature", temperature), ("seed", seed)) if v is not None}
     try:
         GenerationConfig(**given)
     except ValidationError as e:
@@ -208,9 +210,10 @@ class ModaVerse:
 
     @torch.inference_mode()
     def prepare(self, instruction: str, inputs: Sequence[str | os.PathLike | MediaInput] = (),
-                history: Sequence[Turn] = (), reserve: int = 0, embeddings: torch.Tensor | None = None) -> Prepared:
+                history: Sequence[Turn] = (), reserve: int = 0, embeddings: torch.Tensor | None = None,
+                system: str | None = None) -> Prepared:
         """Stages before decoding: encode the inputs (unless ``embeddings`` already holds them),
-        build the prompt, project into its slots."""
+        build the prompt (``system``: a client's text after the profile's system prompt), project into its slots."""
         check_inputs(instruction, inputs)
         timings: dict[str, float] = {}
         t = time.perf_counter()
@@ -231,15 +234,15 @@ class ModaVerse:
         modalities += mods
         embs.append(current)
         t = time.perf_counter()
-        prompt, inputs_embeds = self.prepare_messages(messages, torch.cat(embs), reserve)
+        prompt, inputs_embeds = self.prepare_messages(messages, torch.cat(embs), reserve, system)
         timings["project"] = time.perf_counter() - t
         return Prepared(items, current, prompt, inputs_embeds, timings)
 
     @torch.inference_mode()
     def prepare_messages(self, messages: Sequence[Message], embeddings: torch.Tensor,
-                         reserve: int = 0) -> tuple[Prompt, torch.Tensor]:
+                         reserve: int = 0, system: str | None = None) -> tuple[Prompt, torch.Tensor]:
         """A conversation whose media are already embedded (``[inputs, D]``, in order) -> prompt + input embeddings."""
-        prompt = self.prompts.build(messages, reserve=reserve)
+        prompt = self.prompts.build(messages, reserve=reserve, system=system)
         if prompt.trimmed:
             log.warning("dropped the %d oldest turn(s) to fit the %d-token context", prompt.trimmed,
                         self.prompts.max_context)
@@ -249,13 +252,14 @@ class ModaVerse:
         return prompt, assemble_embeddings(self.llm.embed_tokens, prompt, soft)
 
     def settings(self, constrained: bool | None = None, max_new_tokens: int | None = None,
-                 temperature: float | None = None, seed: int | None = None) -> Decoding:
+                 temperature: float | None = None, seed: int | None = None, top_p: float | None = None) -> Decoding:
         """A request's decoding settings, the config's ``generation:`` filling what it leaves out."""
         gen = self.config.generation
         return Decoding(gen.constrained if constrained is None else constrained,
                         max_new_tokens or gen.max_new_tokens,
                         gen.temperature if temperature is None else temperature,
-                        seed if seed is not None else (gen.seed if gen.seed is not None else self.config.seed))
+                        seed if seed is not None else (gen.seed if gen.seed is not None else self.config.seed),
+                        gen.top_p if top_p is None else top_p)
 
     @torch.inference_mode()
     def respond(self, inputs_embeds: torch.Tensor, *, constrained: bool | None = None,
@@ -289,17 +293,27 @@ class ModaVerse:
                    "decode": stream.end_time - (stream.first or stream.end_time), "new_tokens": len(stream.ids)}
         t = time.perf_counter()
         fallback = None
+        cut = len(stream.ids) >= settings.max_new_tokens and not (stream.ids and stream.ids[-1] in self.stop_ids)
+        if stream.stopped is not None:  # a stop string ended the reply text: what came before it is the answer
+            timings["parse"] = time.perf_counter() - t
+            return Reply(meta.MetaResponse(text=stream.stopped[: meta.MAX_TEXT_CHARS]), raw, settings.constrained,
+                         None, timings, "stop")
         try:
             response = meta.parse(raw, self.capabilities)
         except meta.MetaResponseError as e:
+            if settings.constrained and cut and settings.max_new_tokens < MIN_NEW_TOKENS:
+                timings["parse"] = time.perf_counter() - t  # a cap under the grammar's budget: cut, as asked
+                text = meta.text_prefix(raw).rstrip("\ufffd")
+                return Reply(meta.MetaResponse(text=text[: meta.MAX_TEXT_CHARS]), raw, True,
+                             f"cut at max_new_tokens {settings.max_new_tokens}, before the meta-response closed",
+                             timings, "length")
             if settings.constrained:
                 return ModaverseError(f"constrained decoding produced an invalid meta-response ({e}); "
                                       f"raise generation.max_new_tokens (now {settings.max_new_tokens})")
             fallback = f"not a meta-response ({e}); kept as a plain text reply"
             response = meta.MetaResponse(text=raw.strip()[: meta.MAX_TEXT_CHARS])
         timings["parse"] = time.perf_counter() - t
-        ended = len(stream.ids) < settings.max_new_tokens or (stream.ids and stream.ids[-1] in self.stop_ids)
-        return Reply(response, raw, settings.constrained, fallback, timings, "stop" if ended else "length")
+        return Reply(response, raw, settings.constrained, fallback, timings, "length" if cut else "stop")
 
     @torch.inference_mode()
     def __call__(self, instruction: str, inputs: Sequence[str | os.PathLike | MediaInput] = (),
@@ -353,6 +367,7 @@ class ModaVerse:
                 if res.error:
                     errors.append(f"{res.capability}: {res.error}")
         timings["render"] = time.perf_counter() - t
+        timings["prompt_tokens"] = len(ready.prompt)
         refs = [InputRef(str(i.path), i.modality) for i in ready.items]
         return Turn(request.instruction, refs, reply.meta, reply.raw, reply.constrained, reply.fallback, outputs,
                     errors, ready.prompt.trimmed, timings, ready.embeddings, reply.finish_reason)

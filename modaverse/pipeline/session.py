@@ -14,6 +14,7 @@ from collections.abc import Callable, Hashable, Sequence
 
 import torch
 
+from modaverse.config import MIN_NEW_TOKENS
 from modaverse.core.errors import ModaverseError
 from modaverse.llm.decode import Decoder, Sampling
 from modaverse.media import MediaInput
@@ -28,10 +29,11 @@ class Session:
         self._tok = pipe.llm.tokenizer
         self.vicuna_free = not settings.constrained and pipe.prompts.use_vicuna
         self.decoder = Decoder(
-            pipe.llm.model, Sampling(settings.max_new_tokens, settings.temperature, pipe.config.generation.top_p,
-                                     settings.seed),
+            pipe.llm.model, Sampling(settings.max_new_tokens, settings.temperature, settings.top_p, settings.seed),
             stop_ids=pipe.stop_ids, suppress_ids=sorted(pipe.llm.marker_ids.values()),
-            constraint=pipe.grammar.processor(settings.max_new_tokens) if settings.constrained else None,
+            # under the grammar's least budget the reply is cut mid-JSON (and says so), never wrapped up early
+            constraint=pipe.grammar.processor(max(settings.max_new_tokens, MIN_NEW_TOKENS))
+            if settings.constrained else None,
             on_token=self._on_token, prefix=pipe.prefix())
         self._rows: dict[int, tuple[Hashable, Prepared | None, RowStream]] = {}
 
@@ -45,13 +47,18 @@ class Session:
     def _on_token(self, row: int, token: int) -> bool:
         stream = self._rows[row][2]
         stream.add(token, time.perf_counter())
+        if stream.stopped is not None:
+            return True
         # the Vicuna template's turns end at "###" (a string, not a token) when decoding freely
         return self.vicuna_free and "###" in self._tok.decode(stream.ids, skip_special_tokens=True)
 
     def join(self, keys: Sequence[Hashable], prompts: Sequence[torch.Tensor],
-             on_texts: Sequence[Callable[[str], None] | None], prepared: Sequence[Prepared | None] | None = None) -> None:
+             on_texts: Sequence[Callable[[str], None] | None], prepared: Sequence[Prepared | None] | None = None,
+             stops: Sequence[Sequence[str]] | None = None) -> None:
         """Prefills ``prompts`` and adds them to the running batch."""
-        streams = [RowStream(self._tok, on_text, self.settings.constrained) for on_text in on_texts]
+        stops = stops or [()] * len(prompts)
+        streams = [RowStream(self._tok, on_text, self.settings.constrained, stop)
+                   for on_text, stop in zip(on_texts, stops, strict=True)]
         prepared = prepared or [None] * len(prompts)
         ids = self.decoder.join(prompts)  # tokens arrive only in step(), after the rows are known
         for row, key, prep, st in zip(ids, keys, prepared, streams, strict=True):
@@ -74,7 +81,7 @@ class Session:
         for key, r, items in loaded:
             try:
                 prepared = pipe.prepare(r.instruction, items, r.history, self.settings.max_new_tokens,
-                                        table[start : start + len(items)])
+                                        table[start : start + len(items)], system=r.system)
                 prepared.timings["encode"] = encode_s
                 ready.append((key, r, prepared))
             except ModaverseError as e:
@@ -82,8 +89,15 @@ class Session:
             start += len(items)
         if ready:
             self.join([k for k, _, _ in ready], [p.inputs_embeds for _, _, p in ready], [r.on_text for _, r, _ in ready],
-                      [p for _, _, p in ready])
+                      [p for _, _, p in ready], [r.stop for _, r, _ in ready])
         return refused
+
+    def leave(self, keys: Sequence[Hashable]) -> None:
+        """Drops these rows (their clients went away) before the next step; they get no reply."""
+        gone = {row for row, (key, _, _) in self._rows.items() if key in set(keys)}
+        self.decoder.leave(gone)
+        for row in gone:
+            del self._rows[row]
 
     def step(self) -> list[tuple[Hashable, Reply | ModaverseError, Prepared | None]]:
         """One token for every row; the rows that ended, with their replies (or why they have none)."""

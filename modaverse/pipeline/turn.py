@@ -98,6 +98,7 @@ class Decoding:
     max_new_tokens: int
     temperature: float
     seed: int
+    top_p: float = 1.0
 
 
 @dataclass
@@ -109,18 +110,23 @@ class Request:
     history: Sequence[Turn] = ()
     on_text: Callable[[str], None] | None = None
     output_dir: str | os.PathLike | None = None
+    system: str | None = None  # the client's system text, after the profile's own
+    stop: tuple[str, ...] = ()  # the reply text ends before the first of these (OpenAI's ``stop``)
 
 
 class RowStream:
     """One row of a decoding batch: its tokens up to its end, time to first token, and the reply text
-    streamed as it grows."""
+    streamed as it grows. With ``stop`` strings, text that could begin one is held back until it cannot;
+    once one appears the row is ``stopped`` and its reply text ends before it."""
 
-    def __init__(self, tokenizer, on_text: Callable[[str], None] | None, constrained: bool):
-        self.tok, self.on_text, self.constrained = tokenizer, on_text, constrained
+    def __init__(self, tokenizer, on_text: Callable[[str], None] | None, constrained: bool,
+                 stop: Sequence[str] = ()):
+        self.tok, self.on_text, self.constrained, self.stop = tokenizer, on_text, constrained, tuple(stop)
         self.ids: list[int] = []
         self.start = self.end_time = time.perf_counter()
         self.first: float | None = None
         self.shown = ""
+        self.stopped: str | None = None  # the reply text up to the stop string that ended the row
 
     def add(self, token: int, now: float) -> None:
         """The row's next token (the decoder stops calling once the row has ended)."""
@@ -128,11 +134,22 @@ class RowStream:
             self.first = now
         self.ids.append(token)
         self.end_time = now
-        if self.on_text is None:
+        if self.on_text is None and not self.stop:
             return
         raw = self.tok.decode(self.ids, skip_special_tokens=True)
         # A trailing U+FFFD is a character whose bytes have not all arrived yet: wait for them.
         text = (meta.text_prefix(raw) if self.constrained else raw).rstrip("\ufffd")
-        if len(text) > len(self.shown) and text.startswith(self.shown):
+        if self.stop:
+            text = self._before_stop(text)
+        if self.on_text is not None and len(text) > len(self.shown) and text.startswith(self.shown):
             self.on_text(text[len(self.shown) :])
             self.shown = text
+
+    def _before_stop(self, text: str) -> str:
+        """The text that may be shown: cut at a stop string found, else short of any stop string's start."""
+        found = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        if found:
+            self.stopped = text[: min(found)]
+            return self.stopped
+        hold = max((k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        return text[: len(text) - hold]
