@@ -41,11 +41,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                  "choose another --port or --host") from None
     outputs = Path(args.outputs) if args.outputs else Path(tempfile.mkdtemp(prefix="modaverse-serve-"))
     limits = Limits(args.max_upload_mb, args.max_files, args.queue_size, args.max_batch, args.batch_wait_ms,
-                    args.embedding_cache, args.outputs_ttl)
-    app = create_app(config, outputs, limits, ui=not args.no_ui, api_key=api_key)
+                    args.embedding_cache, args.outputs_ttl, args.sse_keepalive)
+    app = create_app(config, outputs, limits, ui=not args.no_ui, api_key=api_key, cors_origins=args.cors_origin)
     print(f"modaverse: loading {config.name}, then serving http://{args.host}:{args.port} "
           f"(outputs in {outputs})", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    # X-Forwarded-Proto and -For are believed from these addresses only: a proxy's, so output URLs
+    # carry the scheme clients used (the proxy passes the Host header itself: configs/nginx/modaverse.conf)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5,
+                proxy_headers=True, forwarded_allow_ips=args.forwarded_allow_ips)
     return 0
 
 
@@ -81,6 +84,14 @@ def register(sub) -> None:
                    "media are not encoded again (default 256)")
     p.add_argument("--api-key", metavar="KEY", help="require Authorization: Bearer KEY on every route (default: "
                    "$MODAVERSE_API_KEY; required with a non-loopback --host)")
+    p.add_argument("--forwarded-allow-ips", default="127.0.0.1", metavar="IPS",
+                   help="comma-separated addresses (or *) of proxies whose X-Forwarded-Proto and X-Forwarded-For "
+                   "are believed, so output URLs are right behind them (default 127.0.0.1; docs/serve.md)")
+    p.add_argument("--cors-origin", action="append", metavar="ORIGIN",
+                   help="a web page origin (e.g. https://chat.example.org) allowed to call the APIs from a browser; "
+                   "repeat for several; preflights need no key (default: none)")
+    p.add_argument("--sse-keepalive", type=positive_float, default=15.0, metavar="SECONDS",
+                   help="a keep-alive comment on a silent stream this often, so proxies keep it open (default 15)")
     p.add_argument("--no-ui", action="store_true", help="serve the APIs only, without the web chat")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="server log level (default info)")

@@ -26,16 +26,18 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from modaverse import __version__
-from modaverse.config import MIN_NEW_TOKENS, Config, GenerationConfig
+from modaverse.config import MAX_NEW_TOKENS, MIN_NEW_TOKENS, Config, GenerationConfig
 from modaverse.core.errors import ModaverseError
 from modaverse.pipeline.assistant import check_inputs
 from modaverse.serve.arrivals import Arrivals, read
-from modaverse.serve.http import error_response, http_error, output_links
+from modaverse.serve.chat_request import ChatRequest
+from modaverse.serve.http import await_turn, error_response, http_error, output_links
 from modaverse.serve.openai_api import router as openai_router
 from modaverse.serve.service import (
     MEDIA_TYPES,
@@ -46,6 +48,7 @@ from modaverse.serve.service import (
     safe_name,
     upload_folder,
 )
+from modaverse.serve.signing import UrlSigner
 
 log = logging.getLogger("modaverse.serve")
 
@@ -118,13 +121,17 @@ class BodyCap:
 
 
 class BearerKey:
-    """Every request must carry ``Authorization: Bearer KEY`` (what OpenAI clients send); else 401."""
+    """Every request must carry ``Authorization: Bearer KEY`` (what OpenAI clients send); else 401. An
+    output URL with a valid signature (:mod:`.signing`) needs no header: a browser showing it sends none."""
 
-    def __init__(self, app, key: str):
-        self.app, self.key = app, key.encode()
+    def __init__(self, app, key: str, signer: UrlSigner):
+        self.app, self.key, self.signer = app, key.encode(), signer
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        if (scope["type"] == "http" and scope["method"] in ("GET", "HEAD") and scope["path"].startswith("/v1/outputs/")
+                and self.signer.valid(scope["path"], scope.get("query_string", b"").decode("latin-1"))):
             return await self.app(scope, receive, send)
         given = dict(scope["headers"]).get(b"authorization", b"")
         if not hmac.compare_digest(given, b"Bearer " + self.key):
@@ -140,10 +147,12 @@ def _limits(name: str) -> dict:
             if getattr(m, k, None) is not None}
 
 def create_app(config: Config, outputs: Path, limits: Limits | None = None, *, ui: bool = True,
-               pipe=None, api_key: str | None = None) -> FastAPI:
+               pipe=None, api_key: str | None = None, cors_origins: list[str] | None = None) -> FastAPI:
     """The server; the models load when it starts (``pipe`` reuses one already built, for tests).
-    With ``api_key``, every route (outputs and the web demo included) asks for ``Authorization: Bearer KEY``."""
+    With ``api_key``, every route (the web demo included) asks for ``Authorization: Bearer KEY``, and
+    output URLs are signed instead. ``cors_origins`` may call the APIs from a browser page."""
     limits = limits or Limits()
+    signer = UrlSigner(api_key, limits.outputs_ttl) if api_key else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -158,10 +167,16 @@ def create_app(config: Config, outputs: Path, limits: Limits | None = None, *, u
                   description="Any-to-any multimodal assistant: inputs in, a meta-response and rendered outputs out.")
     body_cap = limits.max_files * limits.max_upload_bytes + (1 << 20)
 
+    app.state.signer = signer
     app.add_middleware(BodyCap, cap=body_cap)
     app.add_middleware(Arrivals)
     if api_key:
-        app.add_middleware(BearerKey, key=api_key)
+        app.add_middleware(BearerKey, key=api_key, signer=signer)
+    if cors_origins:  # outermost: a browser's preflight (OPTIONS, no key) is answered here
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
+                           allow_headers=["Authorization", "Content-Type"])
 
     @app.exception_handler(RequestValidationError)
     async def one_line_422(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -173,22 +188,38 @@ def create_app(config: Config, outputs: Path, limits: Limits | None = None, *, u
 
     @app.exception_handler(HTTPException)
     async def one_error_body(request: Request, exc: HTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), exc.headers)
+        return error_response(exc.status_code, str(exc.detail), exc.headers, getattr(exc, "param", None),
+                              getattr(exc, "code", None))
 
     app.include_router(openai_router)
 
+    def openapi() -> dict:
+        """FastAPI's schema, plus the chat request's (the route parses its body itself, off the event loop)."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+            from pydantic.json_schema import models_json_schema
+
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            _, defs = models_json_schema([(ChatRequest, "validation")], ref_template="#/components/schemas/{model}")
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+
     @app.get("/healthz", response_model=Health, summary="liveness and queue depth")
-    def healthz(request: Request) -> dict:
+    async def healthz(request: Request) -> dict:
         return request.app.state.service.status()
 
     @app.post("/v1/generate", response_model=GenerateResponse, responses=ERRORS, summary="one request")
-    def generate(
+    async def generate(
         request: Request,
         instruction: Annotated[str, Form(description="the request; <media> marks where each file goes")] = "",
         files: Annotated[list[UploadFile], File(description="inputs: image, video, audio, depth, thermal, IMU")] = [],  # noqa: B006 (FastAPI copies defaults)
         modalities: Annotated[str | None, Form(description="comma-separated modality per file; empty = detect")] = None,
         temperature: Annotated[float | None, Form(**_limits("temperature"), description="0 = greedy; null = the config's")] = None,
-        max_new_tokens: Annotated[int | None, Form(ge=MIN_NEW_TOKENS, le=8192, description="cap on reply tokens")] = None,
+        max_new_tokens: Annotated[int | None, Form(ge=1, le=MAX_NEW_TOKENS, description="cap on reply tokens; under "
+                                                   f"{MIN_NEW_TOKENS} the reply is cut (finish_reason length)")] = None,
         seed: Annotated[int | None, Form(description="sampling and rendering seed")] = None,
         constrained: Annotated[bool | None, Form(description="decode under the meta-response grammar")] = None,
     ) -> dict:
@@ -201,31 +232,36 @@ def create_app(config: Config, outputs: Path, limits: Limits | None = None, *, u
                          seed=seed)
         except ModaverseError as e:
             raise HTTPException(422, str(e)) from None
+        def save(tmp: str) -> list[tuple[Path, str | None]]:
+            saved = []
+            for i, (f, kind) in enumerate(zip(files, kinds, strict=True)):
+                path = Path(tmp) / str(i) / safe_name(f.filename or "upload")  # errors show the client's name
+                path.parent.mkdir()
+                with path.open("wb") as out:
+                    while chunk := f.file.read(1 << 20):
+                        out.write(chunk)
+                saved.append((path, kind))
+            return saved
+
         try:
             check_uploads([(f.filename or "upload", f.size or 0, kind) for f, kind in zip(files, kinds, strict=True)],
                           limits)
             with upload_folder() as tmp:
-                saved = []
-                for i, (f, kind) in enumerate(zip(files, kinds, strict=True)):
-                    path = Path(tmp) / str(i) / safe_name(f.filename or "upload")  # errors show the client's name
-                    path.parent.mkdir()
-                    with path.open("wb") as out:
-                        while chunk := f.file.read(1 << 20):
-                            out.write(chunk)
-                    saved.append((path, kind))
+                saved = await run_in_threadpool(save, tmp)
                 read(request)
-                result = service.generate(instruction, saved, settings=Settings(temperature, max_new_tokens,
-                                                                                 seed, constrained))
+                rid, future = service.submit(instruction, saved, settings=Settings(temperature, max_new_tokens, seed,
+                                                                                   constrained))
+                turn = await await_turn(request, service, rid, future)
                 names = {str(path): f.filename for (path, _), f in zip(saved, files, strict=True)}
         except Exception as e:
             raise http_error(e) from None
-        turn = result.turn
         return {
-            "id": result.id, "text": turn.text, "meta_response": turn.meta.as_dict(),
-            "outputs": output_links(request, result.id, turn.outputs),
+            "id": rid, "text": turn.text, "meta_response": turn.meta.as_dict(),
+            "outputs": output_links(request, rid, turn.outputs),
             "render_errors": turn.errors,
             "inputs": [{"name": names.get(i.path, Path(i.path).name), "modality": i.modality} for i in turn.inputs],
-            "timings": {k: round(v, 4) for k, v in turn.timings.items()}, "queued_s": round(result.queued_s, 4),
+            "timings": {k: round(v, 4) for k, v in turn.timings.items()},
+            "queued_s": round(turn.timings.get("queue", 0.0), 4),
         }
 
     @app.get("/v1/outputs/{rid}/{name}", name="output", summary="a generated file", responses={404: {}})

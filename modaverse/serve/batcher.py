@@ -9,8 +9,11 @@ to ``max_batch``, and starts a decoding session (:meth:`ModaVerse.session`): the
 are decoded on the worker (never before their turn), their media encoded in one encoder
 batch, their prompts decoded together. Between steps, compatible requests that arrived
 since join the running batch while it has room (continuous batching), and each row that
-ends leaves it and has its answer rendered. Every job's future gets its own turn or its
-own error.
+ends leaves it. A row whose answer asks for outputs is handed to the render worker, a thread of
+its own that renders one request at a time (within the zoo's memory budget) while the batcher
+keeps decoding: a video being rendered never stalls another request's stream. A job whose
+client went away (:meth:`Batcher.cancel`) leaves the queue, or its row the batch before the next
+step. Every job's future gets its own turn or its own error.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+
+from modaverse.serve.service import Cancelled
 
 log = logging.getLogger("modaverse.serve")
 
@@ -35,6 +40,7 @@ class Job:
     settings: object  # modaverse.pipeline.turn.Decoding
     future: Future = field(default_factory=Future)
     queued: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False  # the client went away: the worker drops the job before its next step
 
     @property
     def key(self) -> object:
@@ -51,7 +57,11 @@ class Batcher:
         self.sizes: Counter[int] = Counter()  # size of a batch when it starts -> how many batches had it
         self.steps: Counter[int] = Counter()  # rows decoding together -> how many steps had that many
         self.joined = 0  # requests that joined a batch already decoding
+        self.cancelled = 0  # requests whose clients went away before their answer was done
+        self.rendering = 0  # requests handed to the render worker and not yet rendered
         self._last_size = 0
+        # one render at a time, beside decoding: generators share the zoo's memory budget
+        self._render = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modaverse-render")
         self._worker = threading.Thread(target=self._run, name="modaverse-batcher", daemon=True)
         self._worker.start()
 
@@ -65,6 +75,21 @@ class Batcher:
             self._jobs.append(job)
             self._ready.notify()
         return job.future
+
+    def cancel(self, job: Job) -> None:
+        """Its client went away: a waiting job leaves the queue now, a decoding one before the next step."""
+        with self._ready:
+            job.cancelled = True
+            waiting = job in self._jobs
+            if waiting:
+                self._jobs.remove(job)
+        if waiting:
+            self._drop(job)
+
+    def _drop(self, job: Job) -> None:
+        self.cancelled += 1
+        if not job.future.done():
+            job.future.set_exception(Cancelled("the client went away"))
 
     def _next_batch(self) -> list[Job]:
         with self._ready:
@@ -111,6 +136,13 @@ class Batcher:
         session = self.pipe.session(batch[0].settings)
         self._admit(session, batch, live)
         while len(session):
+            gone = [key for key, job in live.items() if job.cancelled]
+            if gone:
+                session.leave(gone)
+                for key in gone:
+                    self._drop(live.pop(key))
+                if not len(session):
+                    break
             self.steps[len(session)] += 1
             for key, reply, prepared in session.step():
                 self._finish(live.pop(key), reply, prepared)
@@ -138,8 +170,26 @@ class Batcher:
             live.pop(key).future.set_exception(error)
 
     def _finish(self, job: Job, reply, prepared) -> None:
+        """A finished row's turn: at once when nothing is to be rendered, else on the render worker."""
         if isinstance(reply, BaseException):
             job.future.set_exception(reply)
+        elif job.request.output_dir is not None and reply.meta.invocations:
+            with self._ready:
+                self.rendering += 1
+            self._render.submit(self._rendered, job, reply, prepared)
+        else:
+            self._complete(job, reply, prepared)
+
+    def _rendered(self, job: Job, reply, prepared) -> None:
+        try:
+            self._complete(job, reply, prepared)
+        finally:
+            with self._ready:
+                self.rendering -= 1
+
+    def _complete(self, job: Job, reply, prepared) -> None:
+        if job.cancelled:  # gone while it waited for the render worker: nothing to render for
+            self._drop(job)
             return
         try:
             turn = self.pipe.finish(job.request, prepared, reply)  # renders, when the request asks for it
@@ -152,4 +202,5 @@ class Batcher:
     def stats(self) -> dict:
         return {"max_batch": self.max_batch, "wait_ms": self.wait * 1000,
                 "sizes": {str(k): v for k, v in sorted(self.sizes.items())},
-                "steps": {str(k): v for k, v in sorted(self.steps.items())}, "joined": self.joined}
+                "steps": {str(k): v for k, v in sorted(self.steps.items())}, "joined": self.joined,
+                "cancelled": self.cancelled, "rendering": self.rendering}

@@ -39,12 +39,17 @@ class Busy(ModaverseError):
     """The queue is full; the client should retry later (HTTP 503)."""
 
 
-class UploadError(ModaverseError):
-    """An upload refused before any model work, with the HTTP status that says why."""
+class Cancelled(ModaverseError):
+    """The client went away before its answer was done; its row left the batch."""
 
-    def __init__(self, message: str, status: int):
+
+class UploadError(ModaverseError):
+    """An upload refused before any model work, with the HTTP status that says why and, for the chat
+    API, the request field at fault (``messages[0].content[1]``)."""
+
+    def __init__(self, message: str, status: int, param: str | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.param = status, param
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class Limits:
     batch_wait_ms: float = 50.0
     embedding_cache: int = 256  # embeddings of media already seen, kept by content
     outputs_ttl: float | None = None  # seconds an output folder is kept; None: for ever
+    sse_keepalive_s: float = 15.0  # a comment line on a silent stream this often, so proxies keep it open
 
     @property
     def max_upload_bytes(self) -> int:
@@ -72,7 +78,10 @@ class Settings:
     max_new_tokens: int | None = None
     seed: int | None = None
     constrained: bool | None = None
-    render: bool = True  # run the invocations' generators (rendering is not batched)
+    render: bool = True  # run the invocations' generators (on the render worker, one at a time)
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()  # the reply text ends before the first of these
+    system: str | None = None  # a client's system text, after the profile's system prompt
 
 
 @dataclass
@@ -89,21 +98,26 @@ def safe_name(name: str) -> str:
     return base[-100:]
 
 
-def check_uploads(uploads: list[tuple[str, int, str | None]], limits: Limits) -> None:
+def check_uploads(uploads: list[tuple[str, int, str | None]], limits: Limits, per: str = "request",
+                  labels: list[str] | None = None) -> None:
     """Refuses what is clearly not a request's inputs before any is read or saved: too many or too
-    large files (413), unknown types (415) or modalities (422). ``uploads``: (name, bytes, modality)."""
+    large files (413), unknown types (415) or modalities (422). ``uploads``: (name, bytes, modality);
+    ``labels`` name them in errors instead (the chat API's ``messages[0].content[1]``)."""
     if len(uploads) > limits.max_files:
-        raise UploadError(f"{len(uploads)} files: at most {limits.max_files} per request", 413)
-    for name, size, modality in uploads:
+        raise UploadError(f"{len(uploads)} files: at most {limits.max_files} per {per}", 413,
+                          labels[limits.max_files] if labels else None)
+    for k, (name, size, modality) in enumerate(uploads):
+        label = labels[k] if labels else None
+        who = label or name
         if size > limits.max_upload_bytes:
-            raise UploadError(f"{name}: {size / 1048576:.1f} MB is over the {limits.max_upload_mb:g} MB upload limit",
-                              413)
+            raise UploadError(f"{who}: {size / 1048576:.1f} MB is over the {limits.max_upload_mb:g} MB upload limit",
+                              413, label)
         ext = Path(name or "").suffix.lower()
         if ext not in SUPPORTED:
-            raise UploadError(f"{name}: unsupported file type {ext or '(no extension)'!r}; "
-                              f"supported: {' '.join(SUPPORTED)}", 415)
+            raise UploadError(f"{who}: unsupported file type {ext[:20] or '(no extension)'!r}; "
+                              f"supported: {' '.join(SUPPORTED)}", 415, label)
         if modality is not None and modality not in MODALITIES:
-            raise UploadError(f"{name}: unknown modality {modality!r}; choose from {', '.join(MODALITIES)}", 422)
+            raise UploadError(f"{who}: unknown modality {modality!r}; choose from {', '.join(MODALITIES)}", 422, label)
 
 
 class Arrival:
@@ -139,6 +153,7 @@ class Service:
         # in flight: those being answered (a batch) plus those waiting
         self._slots = threading.BoundedSemaphore(limits.queue_size + limits.max_batch)
         self._count = threading.Lock()
+        self._jobs: dict[str, object] = {}  # request id -> its batcher job, while it runs
         self.served = 0
         self.started = time.time()
         if limits.outputs_ttl:
@@ -161,23 +176,34 @@ class Service:
         the batcher knows more work is coming and waits for it."""
         return Arrival(self)
 
-    def _decode(self, files: list[tuple[Path, str | None]]) -> list:
+    def _decode(self, files: list[tuple[Path, str | None]], labels: list[str] | None) -> list:
         """Decodes uploads that passed :func:`check_uploads`, on the worker when the request's turn
-        comes; a file that is not what it claims is a 422 naming it and why. Decoding is the step that
-        costs memory (an image up to ``media.max_pixels``), so only the running batch's files are decoded."""
+        comes; a file that is not what it claims is a 422 naming it (by its label, e.g. the chat
+        request's ``messages[0].content[1]``, never by the server's path) and why. Decoding is the step
+        that costs memory (an image up to ``media.max_pixels``), so only the running batch's files are decoded."""
         items = []
-        for path, modality in files:
+        for k, (path, modality) in enumerate(files):
             try:
                 items.append(self.pipe.encoder.load(path, modality))
             except ModaverseError as e:  # undecodable, mislabelled, or a modality this config has no tower for
-                raise UploadError(str(e).replace(str(path.parent) + "/", ""), 422) from None
+                label = labels[k] if labels else path.name
+                message = str(e).replace(str(path), label).replace(str(path.parent) + "/", "")
+                raise UploadError(message, 422, labels[k] if labels else None) from None
         return items
 
+    def has_room(self) -> bool:
+        """Whether a request would be queued now (checked before a large body is parsed; racy by design)."""
+        if not self._slots.acquire(blocking=False):
+            return False
+        self._slots.release()
+        return True
+
     def submit(self, instruction: str, files: list[tuple[Path, str | None]], history: list | None = None,
-               settings: Settings | None = None, on_text=None) -> tuple[str, Future]:
+               settings: Settings | None = None, on_text=None, labels: list[str] | None = None) -> tuple[str, Future]:
         """Queues one request; :class:`Busy` at once when the queue is full. Returns its id and a future
         of its turn. ``files`` are saved uploads (path, modality or None), decoded when the request's
-        batch runs, never before: a burst of uploads waits as bytes on disk, not as decoded pixels."""
+        batch runs, never before: a burst of uploads waits as bytes on disk, not as decoded pixels.
+        ``labels`` name the files in errors (default: their names)."""
         from modaverse.pipeline.turn import Request
         from modaverse.serve.batcher import Job
 
@@ -186,15 +212,27 @@ class Service:
         settings = settings or Settings()
         rid = secrets.token_hex(16)
         folder = self.outputs / rid
-        request = Request(instruction, (), history or [], on_text, folder if settings.render else None)
+        request = Request(instruction, (), history or [], on_text, folder if settings.render else None,
+                          settings.system, tuple(settings.stop))
         decoding = self.pipe.settings(settings.constrained, settings.max_new_tokens, settings.temperature,
-                                      settings.seed)
-        job = Job(lambda: self._decode(files), request, decoding)
+                                      settings.seed, settings.top_p)
+        job = Job(lambda: self._decode(files, labels), request, decoding)
+        with self._count:
+            self._jobs[rid] = job
         future = self.batcher.submit(job)
-        future.add_done_callback(lambda f: self._done(f, folder))
+        future.add_done_callback(lambda f: self._done(f, folder, rid))
         return rid, future
 
-    def _done(self, future: Future, folder: Path) -> None:
+    def cancel(self, rid: str) -> None:
+        """The client went away: the request leaves the queue, or its row the running batch."""
+        with self._count:
+            job = self._jobs.get(rid)
+        if job is not None:
+            self.batcher.cancel(job)
+
+    def _done(self, future: Future, folder: Path, rid: str) -> None:
+        with self._count:
+            self._jobs.pop(rid, None)
         if future.exception() is None:
             with self._count:
                 self.served += 1

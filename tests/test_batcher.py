@@ -1,0 +1,57 @@
+"""The server's batching worker on the tiny profile: rendering beside decoding, clients that go away."""
+
+import time
+from concurrent.futures import wait
+
+import pytest
+
+from modaverse.pipeline.turn import Request
+from modaverse.serve.batcher import Batcher, Job
+from modaverse.serve.service import Cancelled
+
+from .conftest import IB
+
+
+def job(pipe, instruction, inputs=(), **request) -> Job:
+    return Job(lambda: list(inputs), Request(instruction, (), **request), pipe.settings())
+
+
+def test_rendering_runs_beside_decoding(tiny_pipe, tmp_path):
+    """A request whose outputs are being rendered does not hold up another request's decoding."""
+    batcher = Batcher(tiny_pipe, max_batch=4, wait_ms=0)
+    video = job(tiny_pipe, "Generate a video of waves at night.", output_dir=tmp_path / "v")
+    batcher.submit(video)
+    deadline = time.time() + 60
+    while batcher.stats()["rendering"] == 0 and not video.future.done() and time.time() < deadline:
+        time.sleep(0.001)
+    assert batcher.stats()["rendering"] == 1, "the video's answer never reached the render worker"
+    text = job(tiny_pipe, "hi")
+    batcher.submit(text)
+    text.future.result(timeout=60)
+    assert not video.future.done()  # answered while the video was still rendering
+    assert video.future.result(timeout=120).outputs
+
+
+def test_a_client_that_goes_away_leaves_the_queue_or_the_batch(tiny_pipe):
+    alone = tiny_pipe("What is in <media>?", [IB / "image_a.png"])
+    batcher = Batcher(tiny_pipe, max_batch=4, wait_ms=200, arriving=lambda: 1)  # a batch forms from all three
+    jobs: list[Job] = []
+    seen: list[str] = []
+
+    def first_piece_then_leave(piece: str) -> None:
+        seen.append(piece)
+        batcher.cancel(jobs[0])
+
+    image = tiny_pipe.load_inputs([IB / "image_a.png"])
+    jobs += [job(tiny_pipe, "Generate a video of waves at night.", on_text=first_piece_then_leave),
+             job(tiny_pipe, "What is in <media>?", image), job(tiny_pipe, "hi")]
+    for j in jobs:
+        batcher.submit(j)
+    batcher.cancel(jobs[2])  # still waiting for its batch: it leaves the queue
+    wait([j.future for j in jobs], timeout=60)
+    for gone in (jobs[0], jobs[2]):
+        with pytest.raises(Cancelled, match="went away"):
+            gone.future.result()
+    assert len(seen) == 1  # its row left the batch after its first piece of text
+    assert jobs[1].future.result().raw == alone.raw  # the row left decodes as it would alone
+    assert batcher.stats()["cancelled"] == 2
