@@ -135,6 +135,8 @@ def test_bind_trains_every_tower_and_resumes_exactly(world, tmp_path):
     bound = report["encoder"]["modalities"]
     assert bound["depth"]["never_paired_with_text"] and not bound["image"]["never_paired_with_text"]
     assert set(bound["image"]["retrieval"]) == {"test", "shifted"}
+    objects = bound["image"]["attributes"]["objects"]  # two-object pictures: their whole caption among 54
+    assert objects["classes"] == 54 and objects["test"]["n"] > 0
     assert "shifted_axes_zero_shot" in bound["thermal"]["attributes"]["colour"]
     assert report["random"]["notes"] and not report["encoder"]["notes"]
 

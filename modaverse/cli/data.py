@@ -92,7 +92,7 @@ def register(sub) -> None:
     dsub = p.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=Parser)
     q = dsub.add_parser("synth", help="write the synthetic benchmark set")
     q.add_argument("--output", "-o", required=True, metavar="DIR", help="folder for media/, train.jsonl, test.jsonl, shifted.jsonl")
-    q.add_argument("--num", type=positive_int, default=3000, metavar="N", help="conversations in all (default 3000)")
+    q.add_argument("--num", type=positive_int, default=6000, metavar="N", help="conversations in all (default 6000)")
     q.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     q.add_argument("--test-fraction", type=fraction, default=0.1, metavar="F",
                    help="share held out in distribution: new files from the training ranges (default 0.1)")

@@ -215,7 +215,7 @@ def _write_item(item: Item, out_dir: Path, name: str, rng: random.Random, shifte
     return entries
 
 
-def synthesize(out_dir: str | Path, num: int = 3000, seed: int = 0, test_fraction: float = 0.1,
+def synthesize(out_dir: str | Path, num: int = 6000, seed: int = 0, test_fraction: float = 0.1,
                shifted_fraction: float = 0.1, per_input: int = 1,
                on_progress: Callable[[int], None] | None = None, views: bool = True) -> dict[str, Path]:
     """Writes media under ``out_dir/media`` and one JSONL file per split; returns them by split name.

@@ -1,7 +1,8 @@
 """``modaverse eval bind``: what each tower of the encoder perceives, per modality and attribute.
 
 For every modality of a synthetic set's ``media.jsonl`` (or any pairs file with the same labels)
-and every attribute its files carry, three measures per split (and, on the shifted split, per
+and every attribute its files carry (for pictures of two objects, ``objects``: the whole caption
+among all two-object captions, so naming which shape has which colour), three measures per split (and, on the shifted split, per
 moved parameter):
 
 - **zero-shot top-1 through text**: each class is the mean text embedding of the captions that name
@@ -30,7 +31,7 @@ from modaverse.config import Config
 from modaverse.core.errors import ModaverseError
 
 #: Attributes scored per modality; (modality, attribute) in GUARDS must stay at chance.
-ATTRIBUTES = {"image": ("colour", "shape"), "video": ("colour", "shape", "motion"), "audio": ("sound",),
+ATTRIBUTES = {"image": ("colour", "shape", "objects"), "video": ("colour", "shape", "motion"), "audio": ("sound",),
               "depth": ("shape", "colour"), "thermal": ("colour", "shape"), "imu": ("motion", "colour", "shape")}
 GUARDS = {("depth", "colour"), ("imu", "colour"), ("imu", "shape")}
 #: Modalities bound to vision only: their zero-shot accuracy through text is emergent.
@@ -45,6 +46,10 @@ def class_prompts(modality: str, attribute: str) -> dict[str, list[str]]:
     from modaverse.data.scenes import COLOURS, DIRECTIONS, SHAPES, SOUNDS
     from modaverse.data.views import SOUND_OF
 
+    if attribute == "objects":  # a two-object picture's whole caption: which shape has which colour
+        pairs = [(c1, c2) for i, c1 in enumerate(COLOURS) for c2 in list(COLOURS)[i + 1:]]
+        captions = [f"a {c1} {s1} and a {c2} {s2}" for c1, c2 in pairs for s1 in SHAPES for s2 in SHAPES]
+        return {c: [c] for c in captions}
     video = PROMPTS_OF[modality] == "video"
     captions = [({"colour": c, "shape": s, "motion": d}, f"a {c} {s} moving {d}" if video else f"a {c} {s}")
                 for c in COLOURS for s in SHAPES for d in (DIRECTIONS if video else ("",))]
@@ -55,6 +60,8 @@ def class_prompts(modality: str, attribute: str) -> dict[str, list[str]]:
 
 
 def _label(entry, attribute: str) -> str | None:
+    if attribute == "objects":
+        return entry.caption if entry.labels.get("others") else None
     if entry.labels.get("others"):  # two-object pictures have no single colour or shape
         return None
     return entry.labels.get(attribute)
