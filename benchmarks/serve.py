@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--batch-wait-ms", type=float, default=100.0, metavar="MS",
                     help="the server's --batch-wait-ms in throughput mode (default 100)")
     ap.add_argument("--overhead", type=int, metavar="B", help="grammar cost per step at batch B (in-process)")
+    ap.add_argument("--source", help="serve another checkout's package (its root folder), for before/after figures")
     args = ap.parse_args()
     if args.overhead:
         return overhead(args)
@@ -111,13 +112,7 @@ def main() -> None:
             except Exception as e:
                 lost.append(f"{type(e).__name__}: {e}")
 
-        wall = time.perf_counter()
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(args.requests)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - wall
+        wall = run_all([threading.Thread(target=one, args=(i,)) for i in range(args.requests)])
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -177,12 +172,7 @@ def hostile(args, url: str, pid: int, tmp: Path, ready_s: float) -> None:
     sampler = threading.Thread(target=sample)
     sampler.start()
     threads = [threading.Thread(target=one, args=(i,)) for i in range(args.hostile)]
-    wall = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - wall
+    wall = run_all(threads)
     time.sleep(0.5)
     done.set()
     sampler.join()
@@ -199,12 +189,16 @@ def hostile(args, url: str, pid: int, tmp: Path, ready_s: float) -> None:
 
 
 def _start(args, tmp: Path, *extra: str) -> tuple[subprocess.Popen, str, float]:
+    """``modaverse serve`` on a free port, up once /healthz answers; with ``args.source``, the package of
+    another checkout (a worktree of an earlier commit) serves, for before/after figures."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    exe = Path(sys.executable).parent / "modaverse"
-    server = subprocess.Popen([str(exe), "serve", "--config", args.config, "--port", str(port), "--no-ui",
-                               "--outputs", str(tmp / "outputs"), "--log-level", "warning", *extra],
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    env, source = {**os.environ, "OMP_NUM_THREADS": "1"}, getattr(args, "source", None)
+    if source:  # its folder comes first on the path (``-m`` puts the working directory there)
+        env["PYTHONPATH"] = str(Path(source).resolve())
+    server = subprocess.Popen([sys.executable, "-m", "modaverse", "serve", "--config", args.config, "--port", str(port),
+                               "--no-ui", "--outputs", str(tmp / "outputs"), "--log-level", "warning", *extra], env=env,
+                              cwd=Path(source).resolve() if source else ROOT)
     start = time.time()
     while True:
         try:
@@ -268,13 +262,7 @@ def throughput(args) -> None:
                     with lock:
                         latencies.append(spent)
 
-            wall = time.perf_counter()
-            threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            wall = time.perf_counter() - wall
+            wall = run_all([threading.Thread(target=worker) for _ in range(concurrency)])
             after = sizes()
             formed = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
             report[name] = {"requests_per_s": round(len(asks) / wall, 2), "wall_s": round(wall, 2),
@@ -325,8 +313,22 @@ def overhead(args) -> None:
     report = {"config": args.config, "batch": batch, "steps_compared": tokens,
               "free_ms_per_step": round(ms[False], 2), "constrained_ms_per_step": round(ms[True], 2),
               "overhead_pct": round(100 * (ms[True] / ms[False] - 1), 1)}
+    write_report(report, args.out or ROOT / "benchmarks" / "results" / f"grammar-batch{batch}-{args.config}-cpu.json")
+
+
+def run_all(threads: list[threading.Thread]) -> float:
+    """Starts the threads together and waits for them all; returns the seconds that took."""
+    wall = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - wall
+
+
+def write_report(report: dict, out: Path) -> None:
+    """Prints a benchmark's figures and writes them where the docs quote them from."""
     print(json.dumps(report, indent=2))
-    out = args.out or ROOT / "benchmarks" / "results" / f"grammar-batch{batch}-{args.config}-cpu.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
 

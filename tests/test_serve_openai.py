@@ -377,3 +377,13 @@ def test_langchain_chat_openai_with_a_system_prompt_an_image_and_streaming(serve
     assert whole.usage_metadata["input_tokens"] > 0 and whole.usage_metadata["output_tokens"] > 0
     pieces = [chunk.content for chunk in chat.stream(ask)]
     assert len([p for p in pieces if p]) > 1 and "".join(pieces) == whole.content
+
+
+def test_a_fault_inside_is_a_500_clients_do_not_retry():
+    """OpenAI's clients retry 5xx unless told not to; a fault inside the model would only repeat."""
+    from modaverse.serve.http import error_response, http_error
+
+    error = http_error(RuntimeError("boom"))
+    response = error_response(error.status_code, str(error.detail), error.headers)
+    assert error.status_code == 500 and response.headers["x-should-retry"] == "false"
+    assert json.loads(response.body)["error"]["type"] == "server_error"
