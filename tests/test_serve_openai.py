@@ -280,17 +280,8 @@ def test_a_full_queue_answers_503_with_retry_after_and_loses_nothing(tmp_path):
     assert refused and all(ra == "1" and "busy" in body["error"]["message"] for ra, body in refused)
 
 
-def test_streams_whose_clients_go_away_are_cancelled(server):
-    ask = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Describe"}, IMAGE]}], "stream": True,
-           "render": False, "max_tokens": 2000, "constrained": False, "temperature": 1.0}
-    before = httpx.get(server.url + "/healthz", headers=server.headers).json()["batches"]["cancelled"]
-
-    def leave_after_first_event() -> None:
-        with httpx.stream("POST", server.url + "/v1/chat/completions", headers=server.headers, json=ask,
-                          timeout=60) as r:
-            next(r.iter_lines())
-
-    threads = [threading.Thread(target=leave_after_first_event) for _ in range(6)]
+def assert_cancelled(server, threads: list, before: int) -> None:
+    """Runs the clients, then waits for the server to count requests cancelled since ``before``."""
     for t in threads:
         t.start()
     for t in threads:
@@ -302,6 +293,21 @@ def test_streams_whose_clients_go_away_are_cancelled(server):
             break
         time.sleep(0.2)
     assert health["batches"]["cancelled"] > before, health
+
+
+def test_streams_whose_clients_go_away_are_cancelled(server):
+    ask = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Describe"}, IMAGE]}], "stream": True,
+           "render": False, "max_tokens": 1900, "constrained": False, "temperature": 1.0}
+    before = httpx.get(server.url + "/healthz", headers=server.headers).json()["batches"]["cancelled"]
+
+    def leave_after_first_event() -> None:
+        with httpx.stream("POST", server.url + "/v1/chat/completions", headers=server.headers, json=ask,
+                          timeout=60) as r:
+            assert r.status_code == 200
+            next(r.iter_lines())
+
+    threads = [threading.Thread(target=leave_after_first_event) for _ in range(6)]
+    assert_cancelled(server, threads, before)
 
 
 @pytest.fixture(scope="module")
@@ -387,3 +393,18 @@ def test_a_fault_inside_is_a_500_clients_do_not_retry():
     response = error_response(error.status_code, str(error.detail), error.headers)
     assert error.status_code == 500 and response.headers["x-should-retry"] == "false"
     assert json.loads(response.body)["error"]["type"] == "server_error"
+
+
+def test_requests_whose_clients_go_away_are_cancelled(server):
+    """Not streamed: the server notices the closed connection while the request waits or decodes."""
+    ask = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Describe"}, IMAGE]}],
+           "render": False, "max_tokens": 1900, "constrained": False, "temperature": 1.0}
+    before = httpx.get(server.url + "/healthz", headers=server.headers).json()["batches"]["cancelled"]
+
+    def give_up_early(seed: int) -> None:
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(server.url + "/v1/chat/completions", headers=server.headers, json={**ask, "seed": seed},
+                       timeout=0.05)
+
+    threads = [threading.Thread(target=give_up_early, args=(i,)) for i in range(8)]
+    assert_cancelled(server, threads, before)

@@ -64,22 +64,24 @@ def http_error(e: BaseException) -> HTTPException:
     return HTTPException(500, f"the request failed: {type(e).__name__}: {e}")
 
 
-#: How often a request waiting for its answer looks for its client having gone away, in seconds.
-POLL_S = 0.25
-
-
 async def await_turn(request: Request, service, rid: str, future):
-    """A request's turn, awaited without holding a thread; a client that goes away cancels it."""
+    """A request's turn, awaited without holding a thread; a client that goes away (the server hears
+    ``http.disconnect``, as a streaming response listens for it) cancels it at once."""
     import asyncio
 
-    waiter = asyncio.wrap_future(future)
-    while True:
-        done, _ = await asyncio.wait({waiter}, timeout=POLL_S)
-        if done:
-            return waiter.result()
-        if await request.is_disconnected():
-            service.cancel(rid)
-            raise Cancelled("the client went away")
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    waiter, gone = asyncio.wrap_future(future), asyncio.ensure_future(disconnected())
+    try:
+        done, _ = await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if waiter in done:
+        return waiter.result()
+    service.cancel(rid)
+    raise Cancelled("the client went away")
 
 
 def output_links(request: Request, rid: str, files: Iterable[Path]) -> list[dict]:
