@@ -94,7 +94,8 @@ class Session:
 
     def leave(self, keys: Sequence[Hashable]) -> None:
         """Drops these rows (their clients went away) before the next step; they get no reply."""
-        gone = {row for row, (key, _, _) in self._rows.items() if key in set(keys)}
+        keys = set(keys)
+        gone = {row for row, (key, _, _) in self._rows.items() if key in keys}
         self.decoder.leave(gone)
         for row in gone:
             del self._rows[row]
