@@ -2,6 +2,7 @@
 subprocess on loopback: media as content parts, streaming, multi-turn, batching, keys, retention."""
 
 import base64
+import io
 import json
 import os
 import re
@@ -9,8 +10,10 @@ import threading
 import time
 
 import httpx
+import numpy as np
 import openai
 import pytest
+from PIL import Image
 
 from .conftest import IB, Server
 
@@ -30,7 +33,7 @@ VIDEO = {"type": "file", "file": {"file_data": data_url(IB / "video.mp4", "video
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     s = Server(tmp_path_factory.mktemp("openai"), "--no-ui", "--max-batch", "8", "--batch-wait-ms", "50",
-               "--queue-size", "16", "--api-key", KEY, "--outputs-ttl", "3", "--sse-keepalive", "0.01",
+               "--queue-size", "16", "--api-key", KEY, "--outputs-ttl", "3", "--sse-keepalive", "0.001",
                "--cors-origin", "http://chat.example.org", key=KEY)
     yield s
     s.stop()
@@ -186,18 +189,29 @@ def test_media_limits_count_per_message_and_names_are_sanitised(client):
              messages=[{"role": "user", "content": [{"type": "file", "file": {"file_data": png, "filename": "a.exe"}}]}])
 
 
+def _noise_png() -> bytes:
+    """A picture no earlier request sent, so the server's embedding cache cannot answer for it."""
+    pixels = np.random.default_rng(time.time_ns()).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
 def test_stream_usage_chunk_and_sse_framing(client, server):
     ask = [{"role": "user", "content": [{"type": "text", "text": "Describe"}, IMAGE]}]
     chunks = list(client.chat.completions.create(model="tiny", messages=ask, stream=True,
                                                   stream_options={"include_usage": True}, extra_body={"render": False}))
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0 and chunks[-1].usage.prompt_tokens > 0
     assert chunks[-2].choices[0].finish_reason in ("stop", "length")
+    fresh = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(_noise_png()).decode()}}
     with httpx.stream("POST", server.url + "/v1/chat/completions", headers=server.headers, timeout=60,
-                      json={"messages": ask, "stream": True, "render": False}) as r:
+                      json={"messages": [{"role": "user", "content": [{"type": "text", "text": "Describe"}, fresh]}],
+                            "stream": True, "render": False}) as r:
         assert r.headers["x-accel-buffering"] == "no" and r.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in r.iter_lines() if line]
     assert lines[-1] == "data: [DONE]" and all(line.startswith(("data: ", ": keep-alive")) for line in lines)
-    assert any(line == ": keep-alive" for line in lines)  # --sse-keepalive 0.01: the encoder's pause is longer
+    # --sse-keepalive 0.001: encoding a picture the server has never seen (no cache hit) takes longer
+    assert any(line == ": keep-alive" for line in lines)
 
 
 def test_the_key_guards_every_route_and_outputs_expire(client, server):
