@@ -58,16 +58,7 @@ def test_synth_is_deterministic_and_valid(tmp_path):
         assert (a / name).read_bytes() == (b / name).read_bytes()
     files = sorted(p.name for p in (a / "media").iterdir())
     assert files == sorted(p.name for p in (b / "media").iterdir())
-    assert all((a / "media" / f).read_bytes() == (b / "media" / f).read_bytes() for f in files if "video" not in f)
-    import av
-    import numpy as np
-
-    for f in (f for f in files if "video" in f):  # H.264 bits vary run to run; the frames barely do
-        frames = []
-        for root in (a, b):
-            with av.open(str(root / "media" / f)) as c:
-                frames.append(np.stack([x.to_ndarray(format="rgb24") for x in c.decode(video=0)]).astype(float))
-        assert frames[0].shape == frames[1].shape and np.abs(frames[0] - frames[1]).mean() < 2.0
+    assert all((a / "media" / f).read_bytes() == (b / "media" / f).read_bytes() for f in files)  # videos too
     train, test, shifted = ([json.loads(x) for x in (a / f"{split}.jsonl").read_text().splitlines()]
                             for split in ("train", "test", "shifted"))
     assert len(train) + len(test) + len(shifted) == 30 and len(test) == len(shifted) == 3
