@@ -179,6 +179,11 @@ def test_the_shipped_encoder_perceives_new_files(tmp_path):
     assert m["image"]["attributes"]["shape"]["test"]["zero_shot"] >= 0.8
     assert m["thermal"]["attributes"]["colour"]["test"]["zero_shot"] >= 0.7
     assert not report["notes"]
+    # a subset of the towers (encoder.modalities) scores that subset, and says what it left out
+    some = evaluate_binding(load_config("tiny", ["encoder.modalities=[image,thermal]"]), tmp_path / "media.jsonl")
+    assert set(some["modalities"]) == {"image", "video", "thermal"}  # one vision tower sees both
+    assert some["notes"] == ["not scored: audio, depth, imu (not in encoder.modalities)"]
+    assert some["modalities"]["thermal"]["retrieval"] == m["thermal"]["retrieval"]  # its pictures were built
 
 
 def test_a_moved_checkpoint_finds_its_encoder_towers_through_the_config(tmp_path):

@@ -105,13 +105,19 @@ def evaluate_binding(config: Config, data: str | Path, probe_data: str | Path | 
     from modaverse.encoder.embed import Encoder
     from modaverse.encoder.text import TextTokenizer, word_level_json
 
-    entries = read_pairs(data, splits=None)
-    held = [e for e in entries if e.split != "train"]
-    train = [e for e in (read_pairs(probe_data, splits=("train",)) if probe_data else entries) if e.split == "train"]
-    if not held:
-        raise ModaverseError(f"{data}: no held-out line (split test or shifted) to score")
     encoder = Encoder.from_config(config.encoder, config.media, text=True)
+    entries = read_pairs(data, splits=None)
     notes = []
+    unbuilt = sorted({e.modality for e in entries} - set(encoder.modalities))
+    if unbuilt:  # scoring a subset of the towers is a choice (encoder.modalities), not an error
+        notes.append(f"not scored: {', '.join(unbuilt)} (not in encoder.modalities)")
+        entries = [e for e in entries if e.modality in encoder.modalities]
+    held = [e for e in entries if e.split != "train"]
+    train = [e for e in (read_pairs(probe_data, splits=("train",)) if probe_data else entries)
+             if e.split == "train" and e.modality in encoder.modalities]
+    if not held:
+        raise ModaverseError(f"{data}: no held-out line (split test or shifted) of {', '.join(encoder.modalities)}"
+                             " to score")
     if encoder.tokenizer is None:  # a random text tower: any tokenizer honouring its contract will do
         c = encoder.model.config
         words = [t for m in ATTRIBUTES for a in ATTRIBUTES[m] for ts in class_prompts(m, a).values() for t in ts]
@@ -170,7 +176,7 @@ def _retrieval(held, rows, emb, anchor_emb, encoder, splits) -> dict:
     kind, split_of = {e.path: e.modality for e in held}, {e.path: e.split for e in held}
     out = {}
     for split in splits:
-        views = [i for i in rows if held[i].split == split and held[i].pair is not None]
+        views = [i for i in rows if held[i].split == split and held[i].pair in kind]  # its anchor's tower was built
         captioned = [i for i in rows if held[i].split == split and held[i].caption]
         if views:
             anchor_kind = kind[held[views[0]].pair]
