@@ -87,8 +87,8 @@ demo: setup
 	else echo "(the COCO captioning table needs Java for its caption metrics: make test installs it)"; fi
 
 # Re-bind the shipped tiny encoder with ImageBind's recipe (vision-text, then audio, depth, thermal and IMU
-# against frozen vision): 37 minutes on a 2-core CPU, then 2,000 more binding steps of which only the IMU
-# tower is kept, 5 minutes (docs/imagebind.md). The tiny and smol checkpoints below were trained on its
+# against frozen vision): 37 minutes on a 2-core CPU, then 2,000 more binding steps for the IMU and thermal
+# towers, 6 minutes (docs/imagebind.md). The tiny and smol checkpoints below were trained on its
 # features: retrain them after it.
 tiny-encoder: setup
 	$(BIN)/modaverse data synth --output data/synth --force
@@ -98,7 +98,8 @@ tiny-encoder: setup
 		--set bind.bind_steps=2000 --output-dir runs/tiny-bind-more
 	rm -rf configs/checkpoints/imagebind-tiny112 && mkdir -p configs/checkpoints && \
 		cp -r runs/tiny-bind/final configs/checkpoints/imagebind-tiny112 && \
-		cp runs/tiny-bind-more/final/imu.safetensors configs/checkpoints/imagebind-tiny112/
+		cp runs/tiny-bind-more/final/imu.safetensors runs/tiny-bind-more/final/thermal.safetensors \
+			configs/checkpoints/imagebind-tiny112/
 
 # Re-train the shipped weights from scratch: tiny about 18 minutes, smol about 24 minutes on a 2-core CPU,
 # one thread each, side by side

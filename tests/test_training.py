@@ -334,7 +334,8 @@ def _official_state(config, lora_suffix: str, vocab: int):
 
 
 OFFICIAL_SET = ["--set", "checkpoint=null", "--set", "trainable.llm=lora", "--set", "adaptor.projector=linear",
-                "--set", "adaptor.standardize=false", "--set", "encoder.modalities=[image,video,audio]"]
+                "--set", "adaptor.standardize=false", "--set", "adaptor.tokens_per_input=1",
+                "--set", "encoder.modalities=[image,video,audio]"]
 
 
 @pytest.mark.parametrize("suffix", ["", ".default"])
