@@ -101,7 +101,7 @@ tiny-encoder: setup
 		cp runs/tiny-bind-more/final/imu.safetensors runs/tiny-bind-more/final/thermal.safetensors \
 			configs/checkpoints/imagebind-tiny112/
 
-# Re-train the shipped weights from scratch: tiny about 18 minutes, smol about 24 minutes on a 2-core CPU,
+# Re-train the shipped weights from scratch: tiny about 18 minutes, smol about 31 minutes on a 2-core CPU,
 # one thread each, side by side
 # (docs/training.md, "What the shipped checkpoints learned").
 tiny-checkpoint smol-checkpoint: %-checkpoint: setup
