@@ -101,23 +101,25 @@ def evaluate_binding(config: Config, data: str | Path, probe_data: str | Path | 
                      progress: bool | None = None) -> dict:
     """Scores the config's encoder on ``data`` (held-out splits), its probes trained on ``probe_data``'s
     training split (default: ``data``'s own)."""
+    from modaverse.core.modality import TOWER
     from modaverse.data.pairs import read_pairs
     from modaverse.encoder.embed import Encoder
     from modaverse.encoder.text import TextTokenizer, word_level_json
 
-    encoder = Encoder.from_config(config.encoder, config.media, text=True)
+    towers = {TOWER[m] for m in config.encoder.modalities}
+    seen = [m for m, t in TOWER.items() if t in towers]  # what the built towers read (a vision tower: both)
     entries = read_pairs(data, splits=None)
     notes = []
-    unbuilt = sorted({e.modality for e in entries} - set(encoder.modalities))
+    unbuilt = sorted({e.modality for e in entries} - set(seen))
     if unbuilt:  # scoring a subset of the towers is a choice (encoder.modalities), not an error
         notes.append(f"not scored: {', '.join(unbuilt)} (not in encoder.modalities)")
-        entries = [e for e in entries if e.modality in encoder.modalities]
+        entries = [e for e in entries if e.modality in seen]
     held = [e for e in entries if e.split != "train"]
     train = [e for e in (read_pairs(probe_data, splits=("train",)) if probe_data else entries)
-             if e.split == "train" and e.modality in encoder.modalities]
+             if e.split == "train" and e.modality in seen]
     if not held:
-        raise ModaverseError(f"{data}: no held-out line (split test or shifted) of {', '.join(encoder.modalities)}"
-                             " to score")
+        raise ModaverseError(f"{data}: no held-out line (split test or shifted) of {', '.join(seen)} to score")
+    encoder = Encoder.from_config(config.encoder, config.media, text=True)  # after the data is checked
     if encoder.tokenizer is None:  # a random text tower: any tokenizer honouring its contract will do
         c = encoder.model.config
         words = [t for m in ATTRIBUTES for a in ATTRIBUTES[m] for ts in class_prompts(m, a).values() for t in ts]
