@@ -111,7 +111,7 @@ tiny-checkpoint smol-checkpoint: %-checkpoint: setup
 	rm -rf configs/checkpoints/$* && mkdir -p configs/checkpoints && cp -r runs/$*-train/final configs/checkpoints/$*
 
 lint: setup-dev
-	$(BIN)/ruff check modaverse tests benchmarks instructions
+	$(BIN)/ruff check modaverse model_zoo tests benchmarks instructions
 
 bench: setup-dev
 	$(BIN)/python benchmarks/embed.py

@@ -23,7 +23,7 @@ def _param(text: str) -> tuple[str, object]:
 
 def cmd_render(args: argparse.Namespace) -> int:
     """Render one prompt with one zoo capability (no LLM involved)."""
-    from modaverse.zoo.zoo import Zoo
+    from model_zoo.zoo import Zoo
 
     if not args.prompt.strip():
         raise ModaverseError("the prompt is empty")
@@ -45,8 +45,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_zoo(args: argparse.Namespace) -> int:
     """List configured capabilities and known plug-ins."""
-    from modaverse.zoo.registry import plugins
-    from modaverse.zoo.zoo import Zoo
+    from model_zoo.registry import plugins
+    from model_zoo.zoo import Zoo
 
     zoo = Zoo.from_config(load(args))
     print("| capability | plug-in | model | dtype | device | state |\n|---|---|---|---|---|---|")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from modaverse.core.errors import ModaverseError
 from modaverse.media.writers import write_png
-from modaverse.zoo.base import COMMON_OPTIONS, DiffusersGenerator
+from model_zoo.base import COMMON_OPTIONS, DiffusersGenerator
 
 
 class InstructPix2Pix(DiffusersGenerator):

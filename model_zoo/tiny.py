@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 
 from modaverse.tiny import tokenizer as tiny_tokenizer
-from modaverse.zoo.audioldm import AudioLDM, AudioLDM2
-from modaverse.zoo.instruct_pix2pix import InstructPix2Pix
-from modaverse.zoo.stable_diffusion import StableDiffusion
-from modaverse.zoo.text_to_video import TextToVideoMS
+from model_zoo.audioldm import AudioLDM, AudioLDM2
+from model_zoo.instruct_pix2pix import InstructPix2Pix
+from model_zoo.stable_diffusion import StableDiffusion
+from model_zoo.text_to_video import TextToVideoMS
 
 
 def tokenizer():
