@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from modaverse.cli.common import Parser, add_checkpoint_arg, add_config_args, load, positive_int
+from modaverse.cli.common import Parser, add_checkpoint_arg, add_config_args, count, load, positive_int
 from modaverse.core.errors import ModaverseError
 
 
@@ -38,9 +38,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     elif args.benchmark == "bind":
         return _eval_bind(args)
     elif args.benchmark == "roundtrip":
-        from modaverse.evaluation.roundtrip import roundtrip
+        from modaverse.evaluation.roundtrip import loop, roundtrip
 
-        result = roundtrip(load(args), args.capability, n=args.samples)
+        config = load(args)
+        result = roundtrip(config, args.capability, n=args.samples) if args.samples else {}
+        if args.loop:
+            result["loop"] = loop(config, args.loop)
         if args.output:
             from modaverse.core.atomic import write_json_atomic
 
@@ -184,7 +187,9 @@ def register(sub) -> None:
                         "by an edit), beside the same judges on real samples of the world (docs/zoo.md).")
     add_config_args(q)
     q.add_argument("--capability", action="append", metavar="CAP", help="only this capability (repeatable)")
-    q.add_argument("--samples", type=positive_int, default=20, metavar="N", help="renders per caption (default 20)")
+    q.add_argument("--samples", type=count, default=20, metavar="N", help="renders per caption (default 20; 0: none)")
+    q.add_argument("--loop", type=positive_int, metavar="N", help="also the whole loop on N held-out pictures: "
+                   "the assistant draws each again, then describes its drawing (colour and shape kept?)")
     q.add_argument("--output", "-o", metavar="OUT.json", help="also write the report here")
     q.set_defaults(func=cmd_eval)
     q = esub.add_parser("invocations", help="capability accuracy and prompt match of meta-responses",

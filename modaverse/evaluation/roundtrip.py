@@ -1,10 +1,11 @@
-"""``modaverse eval roundtrip``: does a render show what its prompt named?
+"""``modaverse eval roundtrip``: does a render show what its prompt named, and does content survive the loop?
 
 For each capability of the config's zoo that the synthetic world has words for, every caption of
 its vocabulary is rendered ``samples`` times (seeds 0..N-1) through the zoo, as the assistant would
 render it (files written and read back), and each render is judged by :mod:`.judges`. The same
 judges score real samples of the world beside it, so a judge's own error is never mistaken for the
-generator's.
+generator's. :func:`loop` closes the circle through the assistant itself: a held-out picture is
+drawn again ("Draw a picture like <media>.") and the drawing described ("Describe <media>.").
 """
 
 from __future__ import annotations
@@ -166,3 +167,37 @@ def _as_input(picture: np.ndarray, path: Path, config: Config):
 
     Image.fromarray(picture).save(path)
     return load_media(str(path), None, config.media)
+
+
+def _named(text: str, words) -> str | None:
+    found = [w for w in words if w in text.lower()]
+    return found[0] if len(found) == 1 else None
+
+
+def loop(config: Config, n: int = 40, progress: bool | None = None) -> dict:
+    """The whole loop on held-out pictures: "Draw a picture like <media>." renders a picture through the
+    assistant and its zoo, then "Describe <media>." on that render; does the colour, and the shape, survive?"""
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from modaverse.pipeline.assistant import ModaVerse
+
+    pipe = ModaVerse.from_config(config)
+    kept: dict[str, list[bool]] = {"colour": [], "shape": [], "drawn": []}
+    with tempfile.TemporaryDirectory(prefix="modaverse-loop-") as tmp:
+        for i in tqdm(range(n), desc="describe -> draw -> describe", disable=None if progress is None else not progress):
+            s = samples.image(13, i, scenes.IMAGE_SIZE, pair_share=0.0)
+            source = Path(tmp) / f"held-out-{i}.png"
+            Image.fromarray(s.array).save(source)
+            drawn = pipe("Draw a picture like <media>.", [source], output_dir=Path(tmp) / f"draw-{i}")
+            pictures = [p for p in drawn.outputs if p.suffix == ".png"]
+            kept["drawn"].append(bool(pictures))
+            if not pictures:
+                kept["colour"].append(False)
+                kept["shape"].append(False)
+                continue
+            said = pipe("Describe <media>.", [pictures[0]]).text
+            kept["colour"].append(_named(said, scenes.COLOURS) == s.content["colour"])
+            kept["shape"].append(_named(said, scenes.SHAPES) == s.content["shape"])
+    pipe.zoo.unload_all()
+    return {"pictures": n, **{k: _share(v) for k, v in kept.items()}}
