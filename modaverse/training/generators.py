@@ -38,8 +38,13 @@ from modaverse.training.run import Recipe, check_output, prepare_folder, publish
 
 log = logging.getLogger("modaverse")
 
-#: Capability -> its stages in training order, and the diffusers pipeline it becomes.
-CAPABILITIES = {"text-to-image": (("vae", "unet"), "StableDiffusionPipeline")}
+#: Capability -> its stages in training order, and the diffusers pipeline it becomes. Video and editing
+#: start from the trained text-to-image pipeline (``zoo_train.init_from``): its VAE, frozen, and its
+#: UNet's weights (the video UNet's spatial layers; the editing UNet's, with four more input channels
+#: for the source picture's latents, zero at first, as InstructPix2Pix starts from Stable Diffusion).
+CAPABILITIES = {"text-to-image": (("vae", "unet"), "StableDiffusionPipeline"),
+                "text-to-video": (("unet",), "TextToVideoSDPipeline"),
+                "image-editing": (("unet",), "StableDiffusionInstructPix2PixPipeline")}
 STATE = "state.pt"
 FORMAT = "modaverse-zoo-train/1"
 
@@ -89,6 +94,23 @@ class GeneratorRecipe(Recipe):
                  ", ".join(f"{k} {v:,} parameters" for k, v in sizes.items()))
 
     def _build(self):
+        if self.capability == "text-to-image":
+            return self._build_image()
+        import diffusers
+
+        base = self._base()
+        unet = self._unet_from(base.unet)
+        cls = getattr(diffusers, CAPABILITIES[self.capability][1])
+        extra = {} if self.capability == "text-to-video" else {
+            "safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+        from modaverse.core.quiet import quiet
+
+        with quiet():  # TextToVideoSDPipeline's deprecation notice: it is still the pipeline ModelScope's weights load in
+            return cls(vae=base.vae.requires_grad_(False).eval(),
+                       text_encoder=base.text_encoder.requires_grad_(False).eval(), tokenizer=base.tokenizer, unet=unet,
+                       scheduler=base.scheduler, **extra)
+
+    def _build_image(self):
         from diffusers import StableDiffusionPipeline
 
         from model_zoo import tiny
@@ -105,8 +127,45 @@ class GeneratorRecipe(Recipe):
         text.requires_grad_(False).eval()
         return pipe
 
+    def _base(self):
+        """The trained text-to-image pipeline video and editing start from."""
+        from diffusers import StableDiffusionPipeline
+
+        from modaverse.core.quiet import quiet
+
+        where = Path(self.z.init_from) if self.z.init_from else Path(self.z.output_dir) / "text-to-image" / "final"
+        if not (where / "model_index.json").is_file():
+            raise ModaverseError(f"zoo_train.init_from {where}: no trained text-to-image pipeline there; {self.capability} "
+                                 "starts from one (`modaverse zoo train text-to-image` first)")
+        with quiet():
+            return StableDiffusionPipeline.from_pretrained(str(where))
+
+    def _unet_from(self, image_unet):
+        """The image UNet's weights in this capability's UNet: every tensor of the same name and shape."""
+        from diffusers import UNet2DConditionModel, UNet3DConditionModel
+
+        c = image_unet.config
+        if self.capability == "text-to-video":
+            unet = UNet3DConditionModel(
+                block_out_channels=tuple(c.block_out_channels), layers_per_block=c.layers_per_block,
+                sample_size=c.sample_size, in_channels=4, out_channels=4, cross_attention_dim=c.cross_attention_dim,
+                down_block_types=("DownBlock3D", "CrossAttnDownBlock3D"),
+                up_block_types=("CrossAttnUpBlock3D", "UpBlock3D"), attention_head_dim=c.attention_head_dim,
+                norm_num_groups=c.norm_num_groups)
+        else:
+            unet = UNet2DConditionModel.from_config({**dict(c), "in_channels": 8})
+        source, target = image_unet.state_dict(), unet.state_dict()
+        copied = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
+        if "conv_in.weight" not in copied:  # editing: the source picture's latents enter through zero weights
+            w = torch.zeros_like(target["conv_in.weight"])
+            w[:, : source["conv_in.weight"].shape[1]] = source["conv_in.weight"]
+            copied["conv_in.weight"] = w
+        unet.load_state_dict(copied, strict=False)
+        log.info("%s UNet: %d of its %d tensors from the text-to-image UNet", self.capability, len(copied), len(target))
+        return unet
+
     def _modules(self) -> dict[str, torch.nn.Module]:
-        return {"vae": self.pipe.vae, "unet": self.pipe.unet}
+        return {s: getattr(self.pipe, s) for s in CAPABILITIES[self.capability][0]}
 
     def _optimizer(self, stage: str):
         from transformers import get_scheduler
@@ -201,17 +260,25 @@ class GeneratorRecipe(Recipe):
                 self.save(done)
         module.requires_grad_(False).eval()
 
-    def _pixels(self, step: int) -> tuple[list[str], torch.Tensor]:
-        """The step's captions and pictures, [-1, 1], ``[B, 3, H, W]``."""
+    def _pixels(self, step: int) -> tuple[list[str], torch.Tensor, torch.Tensor | None]:
+        """The step's captions and pixels in [-1, 1]: pictures ``[B, 3, H, W]``, clips ``[B, 3, F, H, W]``;
+        for editing also the source pictures."""
         from modaverse.data import samples
 
         z = self.z
+        if self.capability == "text-to-video":
+            batch = [samples.video(self.seed, step * z.video_batch_size + i, z.size, z.frames)
+                     for i in range(z.video_batch_size)]
+            return [s.caption for s in batch], _unit(np.stack([s.array for s in batch])).permute(0, 4, 1, 2, 3), None
+        if self.capability == "image-editing":
+            batch = [samples.edit(self.seed, step * z.batch_size + i, z.size) for i in range(z.batch_size)]
+            return ([s.caption for s in batch], _unit(np.stack([s.array for s in batch])).permute(0, 3, 1, 2),
+                    _unit(np.stack([s.source for s in batch])).permute(0, 3, 1, 2))
         batch = [samples.image(self.seed, step * z.batch_size + i, z.size, z.pair_share) for i in range(z.batch_size)]
-        x = torch.from_numpy(np.stack([s.array for s in batch])).permute(0, 3, 1, 2).float() / 127.5 - 1
-        return [s.caption for s in batch], x
+        return [s.caption for s in batch], _unit(np.stack([s.array for s in batch])).permute(0, 3, 1, 2), None
 
     def _vae_step(self, step: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-        _, x = self._pixels(step)
+        _, x, _ = self._pixels(step)
         posterior = self.pipe.vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g)
         rec = self.pipe.vae.decode(z).sample
@@ -233,18 +300,40 @@ class GeneratorRecipe(Recipe):
                   return_tensors="pt").input_ids
         return self.pipe.text_encoder(ids)[0]
 
+    def _latents(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Scaled VAE latents (a sample of the posterior, as diffusers' scripts draw); a clip's frames each."""
+        vae = self.pipe.vae
+        frames = x.dim() == 5
+        if frames:
+            b, _, f = x.shape[:3]
+            x = x.permute(0, 2, 1, 3, 4).reshape(b * f, *x.shape[1:2], *x.shape[3:])
+        posterior = vae.encode(x).latent_dist
+        latents = (posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g))
+        latents = latents * vae.config.scaling_factor
+        if frames:
+            latents = latents.reshape(b, f, *latents.shape[1:]).permute(0, 2, 1, 3, 4)
+        return latents
+
     def _unet_step(self, step: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-        captions, x = self._pixels(step)
-        drop = torch.rand(len(captions), generator=g) < self.z.caption_dropout
-        captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+        captions, x, source = self._pixels(step)
+        roll = torch.rand(len(captions), generator=g)
+        p = self.z.caption_dropout
+        # dropped captions give guidance its unconditional branch; editing also drops the source picture
+        # (InstructPix2Pix: text alone, picture alone, or both, each about p/2 of the time)
+        no_text = roll < p
+        captions = ["" if d else c for c, d in zip(captions, no_text.tolist(), strict=True)]
         with torch.no_grad():
-            posterior = self.pipe.vae.encode(x).latent_dist
-            latents = (posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g))
-            latents = latents * self.pipe.vae.config.scaling_factor
+            latents = self._latents(x, g)
             cond = self._encode_text(captions)
+            if source is not None:
+                image = self.pipe.vae.encode(source).latent_dist.mode()  # unscaled, as the pipeline feeds it
+                no_image = (roll >= p / 2) & (roll < 3 * p / 2)
+                image = image * (~no_image).float()[:, None, None, None]
         noise = torch.randn(latents.shape, generator=g)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(latents),), generator=g)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
+        if source is not None:
+            noisy = torch.cat([noisy, image], dim=1)
         pred = self.pipe.unet(noisy, t, encoder_hidden_states=cond).sample
         return {"noise_mse": F.mse_loss(pred, noise)}
 
@@ -273,7 +362,10 @@ class GeneratorRecipe(Recipe):
             m.eval()
 
         def fill(tmp: Path) -> None:
-            self.pipe.save_pretrained(tmp, safe_serialization=True)
+            from modaverse.core.quiet import quiet
+
+            with quiet():
+                self.pipe.save_pretrained(tmp, safe_serialization=True)
             write_json_atomic(tmp / MANIFEST, self._manifest(self.total))
 
         final = self.out / "final"
@@ -285,6 +377,11 @@ class GeneratorRecipe(Recipe):
                    "bytes": sum(f.stat().st_size for f in final.rglob("*") if f.is_file())}
         write_json_atomic(self.out / "summary.json", summary)
         return summary
+
+
+def _unit(arr: np.ndarray) -> torch.Tensor:
+    """uint8 pixels to floats in [-1, 1], as the pipelines' VAEs read them."""
+    return torch.from_numpy(arr).float() / 127.5 - 1
 
 
 def train_generator(config: Config, capability: str, **kwargs) -> dict:
