@@ -297,10 +297,11 @@ class ZooTrainConfig(Settings):
     output_dir: str = Field("runs/zoo-train", description="one run folder per capability under it")
     size: int = Field(32, ge=16, le=256, description="side of the pictures and video frames, in pixels")
     frames: int = Field(8, ge=2, le=32, description="frames per training clip (text-to-video)")
-    seconds: float = Field(1.0, gt=0, le=10, description="length of the training sounds (text-to-audio)")
+    seconds: float = Field(1.28, gt=0, le=10, description="length of the training sounds (text-to-audio): 128 mel frames, which the VAE and UNet halve evenly")
     steps: dict[str, dict[str, int]] = Field(
         default_factory=lambda: {"text-to-image": {"vae": 1500, "unet": 6000}, "text-to-video": {"unet": 3000},
-                                 "image-editing": {"unet": 4000}},
+                                 "image-editing": {"unet": 4000},
+                                 "text-to-audio": {"vae": 1000, "vocoder": 1500, "unet": 4000}},
         description="capability -> stage -> optimizer steps (stages: vae, unet; for audio also vocoder)")
     init_from: str | None = Field(None, description="the trained text-to-image pipeline video and editing start "
                                   "from; null = OUTPUT_DIR/text-to-image/final")

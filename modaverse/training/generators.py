@@ -44,7 +44,8 @@ log = logging.getLogger("modaverse")
 #: for the source picture's latents, zero at first, as InstructPix2Pix starts from Stable Diffusion).
 CAPABILITIES = {"text-to-image": (("vae", "unet"), "StableDiffusionPipeline"),
                 "text-to-video": (("unet",), "TextToVideoSDPipeline"),
-                "image-editing": (("unet",), "StableDiffusionInstructPix2PixPipeline")}
+                "image-editing": (("unet",), "StableDiffusionInstructPix2PixPipeline"),
+                "text-to-audio": (("vae", "vocoder", "unet"), "AudioLDMPipeline")}
 STATE = "state.pt"
 FORMAT = "modaverse-zoo-train/1"
 
@@ -235,7 +236,7 @@ class GeneratorRecipe(Recipe):
         window: list[dict] = []
         for step in range(max(first, self.start_step), end):
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-            losses = self._vae_step(step, g) if stage == "vae" else self._unet_step(step, g)
+            losses = getattr(self, f"_{stage}_step")(step, g)
             sum(losses.values()).backward()
             torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
             self.optimizer.step()
@@ -260,7 +261,7 @@ class GeneratorRecipe(Recipe):
                 self.save(done)
         module.requires_grad_(False).eval()
 
-    def _pixels(self, step: int) -> tuple[list[str], torch.Tensor, torch.Tensor | None]:
+    def _batch(self, step: int) -> tuple[list[str], torch.Tensor, torch.Tensor | None]:
         """The step's captions and pixels in [-1, 1]: pictures ``[B, 3, H, W]``, clips ``[B, 3, F, H, W]``;
         for editing also the source pictures."""
         from modaverse.data import samples
@@ -278,7 +279,7 @@ class GeneratorRecipe(Recipe):
         return [s.caption for s in batch], _unit(np.stack([s.array for s in batch])).permute(0, 3, 1, 2), None
 
     def _vae_step(self, step: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-        _, x, _ = self._pixels(step)
+        _, x, _ = self._batch(step)
         posterior = self.pipe.vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g)
         rec = self.pipe.vae.decode(z).sample
@@ -287,7 +288,7 @@ class GeneratorRecipe(Recipe):
     @torch.no_grad()
     def _measure_scaling(self) -> None:
         """diffusers' convention: latents times ``scaling_factor`` have unit variance (SD's 0.18215)."""
-        latents = torch.cat([self.pipe.vae.encode(self._pixels(10_000_000 + i)[1]).latent_dist.mean
+        latents = torch.cat([self.pipe.vae.encode(self._batch(10_000_000 + i)[1]).latent_dist.mean
                              for i in range(4)])
         factor = round(float(1.0 / latents.std()), 5)
         self.pipe.vae.register_to_config(scaling_factor=factor)
@@ -315,7 +316,7 @@ class GeneratorRecipe(Recipe):
         return latents
 
     def _unet_step(self, step: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-        captions, x, source = self._pixels(step)
+        captions, x, source = self._batch(step)
         roll = torch.rand(len(captions), generator=g)
         p = self.z.caption_dropout
         # dropped captions give guidance its unconditional branch; editing also drops the source picture
@@ -334,8 +335,10 @@ class GeneratorRecipe(Recipe):
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         if source is not None:
             noisy = torch.cat([noisy, image], dim=1)
-        pred = self.pipe.unet(noisy, t, encoder_hidden_states=cond).sample
-        return {"noise_mse": F.mse_loss(pred, noise)}
+        return {"noise_mse": F.mse_loss(self._predict(noisy, t, cond), noise)}
+
+    def _predict(self, noisy: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.pipe.unet(noisy, t, encoder_hidden_states=cond).sample
 
     # -- checkpoints --------------------------------------------------------------------------------
     def _manifest(self, step: int) -> dict:
@@ -386,4 +389,8 @@ def _unit(arr: np.ndarray) -> torch.Tensor:
 
 def train_generator(config: Config, capability: str, **kwargs) -> dict:
     """Runs (or resumes) one capability's training; returns its summary (also ``summary.json``)."""
+    if capability == "text-to-audio":
+        from modaverse.training.audio_generator import AudioGeneratorRecipe
+
+        return AudioGeneratorRecipe(config, capability, **kwargs).run()
     return GeneratorRecipe(config, capability, **kwargs).run()
