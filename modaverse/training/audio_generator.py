@@ -34,7 +34,12 @@ class AudioGeneratorRecipe(GeneratorRecipe):
 
     def _build(self):
         from diffusers import AudioLDMPipeline, AutoencoderKL, UNet2DConditionModel
-        from transformers import ClapTextConfig, ClapTextModelWithProjection, SpeechT5HifiGan, SpeechT5HifiGanConfig
+        from transformers import (
+            ClapTextConfig,
+            ClapTextModelWithProjection,
+            SpeechT5HifiGan,
+            SpeechT5HifiGanConfig,
+        )
 
         from model_zoo import tiny
 
