@@ -318,6 +318,8 @@ class ZooTrainConfig(Settings):
     unet_channels: list[int] = Field(default_factory=lambda: [32, 64], description="UNet block widths")
     unet_layers: int = Field(2, ge=1, description="resnet layers per UNet block")
     text_hidden: int = Field(64, ge=8, description="width of the frozen, seeded text encoder")
+    save_dtype: Literal["float32", "float16"] = Field(
+        "float16", description="dtype of final/'s weights (half the bytes; the plug-ins load them as zoo.*.dtype)")
     save_every: int | None = Field(500, ge=1, description="checkpoint every N steps (plus one at the end)")
     log_every: int = Field(50, ge=1, description="steps between logged losses")
     seed: int | None = Field(None, description="sample and noise seed; null = the global seed")

@@ -365,10 +365,12 @@ class GeneratorRecipe(Recipe):
             m.eval()
 
         def fill(tmp: Path) -> None:
+            from modaverse.core.device import DTYPES
             from modaverse.core.quiet import quiet
 
             with quiet():
-                self.pipe.save_pretrained(tmp, safe_serialization=True)
+                self.pipe.to(dtype=DTYPES[self.z.save_dtype]).save_pretrained(tmp, safe_serialization=True)
+                self.pipe.to(dtype=torch.float32)
             write_json_atomic(tmp / MANIFEST, self._manifest(self.total))
 
         final = self.out / "final"
