@@ -299,14 +299,18 @@ class ZooTrainConfig(Settings):
     frames: int = Field(8, ge=2, le=32, description="frames per training clip (text-to-video)")
     seconds: float = Field(1.28, gt=0, le=10, description="length of the training sounds (text-to-audio): 128 mel frames, which the VAE and UNet halve evenly")
     steps: dict[str, dict[str, int]] = Field(
-        default_factory=lambda: {"text-to-image": {"vae": 1500, "unet": 6000}, "text-to-video": {"unet": 3000},
-                                 "image-editing": {"unet": 4000},
-                                 "text-to-audio": {"vae": 1000, "vocoder": 1500, "unet": 4000}},
+        default_factory=lambda: {"text-to-image": {"vae": 1000, "unet": 7000}, "text-to-video": {"unet": 3000},
+                                 "image-editing": {"unet": 5000},
+                                 "text-to-audio": {"vae": 1000, "vocoder": 2000, "unet": 3000}},
         description="capability -> stage -> optimizer steps (stages: vae, unet; for audio also vocoder)")
     init_from: str | None = Field(None, description="the trained text-to-image pipeline video and editing start "
                                   "from; null = OUTPUT_DIR/text-to-image/final")
     batch_size: int = Field(32, ge=1, description="samples per step")
     video_batch_size: int = Field(8, ge=1, description="clips per step (text-to-video)")
+    audio_batch_size: int = Field(16, ge=1, description="sounds per step (text-to-audio)")
+    audio_vae_channels: list[int] = Field(default_factory=lambda: [16, 32, 32],
+                                          description="mel VAE block widths (a log-mel is 4x a picture's pixels)")
+    vocoder_channels: int = Field(32, ge=8, description="HiFi-GAN vocoder: channels before its first upsampling")
     lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW), warmup then cosine, per stage")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="share of each stage's steps warming up")
     caption_dropout: float = Field(0.1, ge=0, lt=1, description="share of captions replaced by the empty prompt")

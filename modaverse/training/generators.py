@@ -139,7 +139,7 @@ class GeneratorRecipe(Recipe):
             raise ModaverseError(f"zoo_train.init_from {where}: no trained text-to-image pipeline there; {self.capability} "
                                  "starts from one (`modaverse zoo train text-to-image` first)")
         with quiet():
-            return StableDiffusionPipeline.from_pretrained(str(where))
+            return StableDiffusionPipeline.from_pretrained(str(where), torch_dtype=torch.float32)  # stored in float16
 
     def _unet_from(self, image_unet):
         """The image UNet's weights in this capability's UNet: every tensor of the same name and shape."""
