@@ -33,7 +33,7 @@ def measure(config_name: str, mode: str, renders: int) -> dict:
 
     from modaverse.config import load_config
     from modaverse.media import load_media
-    from modaverse.zoo.zoo import Zoo
+    from model_zoo.zoo import Zoo
 
     torch.set_num_threads(1)
     config = load_config(config_name)

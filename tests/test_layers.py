@@ -8,13 +8,14 @@ The tiers below are the rule; the test reads every import statement of the packa
 from __future__ import annotations
 
 import ast
-import re
 from pathlib import Path
 
 import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "modaverse"
+#: Top-level packages the rule covers: the model zoo sits beside modaverse/ (the design card's layout).
+PACKAGES = ("modaverse", "model_zoo")
 
 #: Lowest first. A group may import its own modules and any group in a lower tier; groups in one
 #: tier are independent of each other (training and evaluation never import each other).
@@ -27,10 +28,10 @@ TIERS: list[tuple[str, ...]] = [
     ("adaptors",),                  # 3. embeddings -> soft tokens
     ("llm",),                       # 4. prompts, the language model
     ("meta",),                      # 5. the meta-response and its grammar
-    ("zoo",),                       # 6. meta-response invocations -> generated files
+    ("zoo",),                       # 6. meta-response invocations -> generated files (model_zoo/)
     ("data",),                      # records, conversations, synthesis, validation
     ("instruct",),                  # instruction data from a chat API
-    ("tiny",),                      # the offline kit (tokenizer, generators)
+    ("tiny",),                      # the offline kit (tokenizer; generators in model_zoo/tiny.py)
     ("pipeline",),                  # 7. the assistant that joins the stages
     ("training", "evaluation", "serve"),
     ("cli",),
@@ -40,6 +41,8 @@ RANK = {group: i for i, tier in enumerate(TIERS) for group in tier}
 
 def group_of(module: str) -> str | None:
     parts = module.split(".")
+    if parts[0] == "model_zoo":  # the zoo's stage, but its tiny plug-ins belong to the offline kit
+        return "tiny" if parts[1:2] == ["tiny"] else "zoo"
     if parts[0] != "modaverse":
         return None
     if len(parts) == 1 or parts[1].startswith("__"):
@@ -74,7 +77,7 @@ def imports(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
 
 def violations(root: Path = ROOT) -> list[str]:
     found = []
-    for path in sorted((root / "modaverse").rglob("*.py")):
+    for path in sorted(p for package in PACKAGES for p in (root / package).rglob("*.py")):
         here = group_of(module_name(path, root))
         if here == "root":
             continue
@@ -96,6 +99,7 @@ def violations(root: Path = ROOT) -> list[str]:
 def test_every_group_has_a_tier():
     groups = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()
               if (p.suffix == ".py" and p.stem not in ("__init__", "__main__")) or (p / "__init__.py").is_file()}
+    groups |= {group_of(module_name(p)) for p in (ROOT / "model_zoo").rglob("*.py")}
     assert groups == set(RANK), f"groups without a tier: {groups - set(RANK)}; tiers without code: {set(RANK) - groups}"
 
 
@@ -114,8 +118,19 @@ def test_the_checker_sees_lazy_and_relative_imports(tmp_path):
     assert len(found) == 2 and all("media imports" in f for f in found), found
 
 
+def test_the_checker_covers_the_top_level_model_zoo(tmp_path):
+    """model_zoo/ is stage 6 though it sits outside modaverse/; its tiny plug-ins rank with the kit."""
+    (tmp_path / "modaverse").mkdir()
+    zoo = tmp_path / "model_zoo"
+    zoo.mkdir()
+    (zoo / "bad.py").write_text("from modaverse.pipeline.assistant import ModaVerse\nfrom modaverse.meta import schema\n")
+    (zoo / "tiny.py").write_text("from modaverse.tiny import tokenizer\nfrom modaverse.data.synth import corpus\n")
+    found = violations(tmp_path)
+    assert found == ["model_zoo/bad.py:1: zoo imports modaverse.pipeline.assistant (pipeline is not below it)"], found
+
+
 def test_no_module_over_500_lines():
-    long = [f"{p.relative_to(ROOT)}: {n}" for p in PACKAGE.rglob("*.py")
+    long = [f"{p.relative_to(ROOT)}: {n}" for package in PACKAGES for p in (ROOT / package).rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 500]
     assert not long, long
 
@@ -123,6 +138,5 @@ def test_no_module_over_500_lines():
 def test_every_package_folder_ships():
     """pyproject lists packages by hand (configs/ maps into the package); a folder left out would not install."""
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    folders = {module_name(p.parent) for p in PACKAGE.rglob("__init__.py")}
+    folders = {module_name(p.parent) for package in PACKAGES for p in (ROOT / package).rglob("__init__.py")}
     assert folders <= listed, f"not in pyproject's packages: {sorted(folders - listed)}"
-    assert not re.search(r"\bmodel_zoo\b", (ROOT / "pyproject.toml").read_text().split("[project.entry-points")[0])

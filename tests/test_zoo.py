@@ -15,8 +15,8 @@ from modaverse.config import load_config
 from modaverse.core.errors import ConfigError, ModaverseError
 from modaverse.media import load_media
 from modaverse.meta.schema import validate
-from modaverse.zoo.registry import load_plugin
-from modaverse.zoo.zoo import Zoo
+from model_zoo.registry import load_plugin
+from model_zoo.zoo import Zoo
 
 from .conftest import IB, one_line_error, run_cli
 
@@ -255,7 +255,7 @@ def test_sdxl_checkpoints_load_through_the_same_plugin(tmp_path):
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from modaverse.tiny import zoo as tiny
+    import model_zoo.tiny as tiny
 
     torch.manual_seed(0)
     tok = tiny.tokenizer()

@@ -33,6 +33,7 @@ def arg_type(check: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 positive_int = arg_type(values.positive_int)
+count = arg_type(values.count)
 positive_float = arg_type(values.positive_float)
 fraction = arg_type(values.fraction)
 

@@ -7,12 +7,12 @@ import json
 import sys
 from pathlib import Path
 
-from modaverse.cli.common import Parser, add_checkpoint_arg, add_config_args, load, positive_int
+from modaverse.cli.common import Parser, add_checkpoint_arg, add_config_args, count, load, positive_int
 from modaverse.core.errors import ModaverseError
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Benchmarks: `run` (a paper table), `list`, `captions`, `generation`, `invocations`."""
+    """Benchmarks: `run` (a paper table), `list`, `captions`, `generation`, `roundtrip`, `invocations`."""
     if args.benchmark == "list":
         from modaverse.evaluation.paper.tasks import BENCHMARKS
 
@@ -37,6 +37,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
                        seed=config.eval.seed)
     elif args.benchmark == "bind":
         return _eval_bind(args)
+    elif args.benchmark == "roundtrip":
+        from modaverse.evaluation.roundtrip import loop, roundtrip
+
+        config = load(args)
+        result = roundtrip(config, args.capability, n=args.samples) if args.samples else {}
+        if args.loop:
+            result["loop"] = loop(config, args.loop)
+        if args.output:
+            from modaverse.core.atomic import write_json_atomic
+
+            write_json_atomic(Path(args.output), result)
+            print(f"wrote {args.output}", file=sys.stderr)
     elif args.benchmark == "run":
         from modaverse.evaluation.paper.runner import run_benchmark
 
@@ -112,6 +124,7 @@ def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a model: the paper's benchmarks and their metrics",
                        description="run: reproduce one of the paper's tables over a local dataset copy. "
                        "captions / generation: score existing outputs. invocations: meta-response accuracy. "
+                       "bind: what the encoder perceives. roundtrip: whether the zoo renders what it is asked. "
                        "See docs/evaluation.md.")
     esub = p.add_subparsers(dest="benchmark", metavar="COMMAND", required=True, parser_class=Parser)
     from modaverse.evaluation.paper.tasks import BENCHMARKS
@@ -165,6 +178,19 @@ def register(sub) -> None:
     q.add_argument("--output", "-o", metavar="OUT.json", help="write the reports (and OUT.md, the table)")
     add_config_args(q)
     add_checkpoint_arg(q)
+    q.set_defaults(func=cmd_eval)
+    q = esub.add_parser("roundtrip", help="does a render show what its prompt named (the zoo's generators)",
+                        description="Renders every caption of the synthetic world's vocabulary SAMPLES times with "
+                        "each capability of the config's zoo (text-to-image, text-to-video, text-to-audio, "
+                        "image-editing), reads the files back and judges them with checks that need no network "
+                        "(colours, shape outlines, the centroid's path, pitch and spectral flatness, pixels kept "
+                        "by an edit), beside the same judges on real samples of the world (docs/zoo.md).")
+    add_config_args(q)
+    q.add_argument("--capability", action="append", metavar="CAP", help="only this capability (repeatable)")
+    q.add_argument("--samples", type=count, default=20, metavar="N", help="renders per caption (default 20; 0: none)")
+    q.add_argument("--loop", type=positive_int, metavar="N", help="also the whole loop on N held-out pictures: "
+                   "the assistant draws each again, then describes its drawing (colour and shape kept?)")
+    q.add_argument("--output", "-o", metavar="OUT.json", help="also write the report here")
     q.set_defaults(func=cmd_eval)
     q = esub.add_parser("invocations", help="capability accuracy and prompt match of meta-responses",
                         description="For each record of --data, answer the conversation up to its last "

@@ -1,11 +1,11 @@
-"""``render`` (one prompt through one generator) and ``zoo list``."""
+"""``render`` (one prompt through one generator), ``zoo list`` and ``zoo train`` (the tiny generators)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from modaverse.cli.common import add_config_args, default_out_dir, load
+from modaverse.cli.common import add_config_args, default_out_dir, load, positive_int
 from modaverse.core.errors import ModaverseError
 
 
@@ -23,7 +23,7 @@ def _param(text: str) -> tuple[str, object]:
 
 def cmd_render(args: argparse.Namespace) -> int:
     """Render one prompt with one zoo capability (no LLM involved)."""
-    from modaverse.zoo.zoo import Zoo
+    from model_zoo.zoo import Zoo
 
     if not args.prompt.strip():
         raise ModaverseError("the prompt is empty")
@@ -45,8 +45,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_zoo(args: argparse.Namespace) -> int:
     """List configured capabilities and known plug-ins."""
-    from modaverse.zoo.registry import plugins
-    from modaverse.zoo.zoo import Zoo
+    from model_zoo.registry import plugins
+    from model_zoo.zoo import Zoo
 
     zoo = Zoo.from_config(load(args))
     print("| capability | plug-in | model | dtype | device | state |\n|---|---|---|---|---|---|")
@@ -57,6 +57,26 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     from modaverse.config import list_zoo_presets
 
     print("presets (--set zoo=NAME): " + ", ".join(list_zoo_presets()))
+    return 0
+
+
+def cmd_zoo_train(args: argparse.Namespace) -> int:
+    """Trains one tiny generator; its diffusers folder lands in OUTPUT_DIR/final."""
+    import json
+    import logging
+
+    from modaverse.training.generators import train_generator
+
+    if args.resume and args.overwrite:
+        raise ModaverseError("--resume and --overwrite are alternatives; give one")
+    config = load(args)
+    if args.max_steps is not None:  # a short run: each stage at most N steps
+        steps = config.zoo_train.steps.get(args.capability, {})
+        config.zoo_train.steps[args.capability] = {k: min(v, args.max_steps) for k, v in steps.items()}
+    logging.getLogger("modaverse").setLevel(logging.INFO)
+    summary = train_generator(config, args.capability, output_dir=args.output_dir, resume=args.resume,
+                              overwrite=args.overwrite)
+    print(json.dumps({k: summary[k] for k in ("output", "steps", "last", "seconds", "bytes")}, ensure_ascii=False))
     return 0
 
 
@@ -73,9 +93,27 @@ def register(sub) -> None:
     p.add_argument("--input", "-i", metavar="FILE", help="input image for editing capabilities")
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("zoo", help="list the configured generators and known plug-ins",
+    p = sub.add_parser("zoo", help="list the configured generators, or train the tiny ones",
                        description="`modaverse zoo list`: each capability's plug-in, model, dtype, device and "
-                       "load state, and every plug-in found (built-in and installed entry points).")
-    p.add_argument("action", choices=["list"])
-    add_config_args(p)
-    p.set_defaults(func=cmd_zoo)
+                       "load state, and every plug-in found (built-in and installed entry points). "
+                       "`modaverse zoo train CAPABILITY`: train the tiny generator of a capability on the "
+                       "synthetic world (docs/zoo.md).")
+    actions = p.add_subparsers(dest="action", required=True, metavar="{list,train}")
+    q = actions.add_parser("list", help="configured generators and known plug-ins")
+    add_config_args(q)
+    q.set_defaults(func=cmd_zoo)
+    q = actions.add_parser("train", help="train a tiny generator on the synthetic world",
+                           description="Trains one capability's tiny diffusers pipeline on captioned samples of the "
+                           "synthetic world, in diffusers' conventions (VAE first, then the UNet: noise-prediction "
+                           "MSE, captions dropped for classifier-free guidance, EMA weights). Settings: the "
+                           "config's zoo_train section (`modaverse configs --keys`). The result, "
+                           "OUTPUT_DIR/final, is a diffusers folder: use it with --set "
+                           "zoo.text-to-image.plugin=stable-diffusion --set zoo.text-to-image.model=OUTPUT_DIR/final.")
+    q.add_argument("capability", metavar="CAPABILITY", help="e.g. text-to-image (an unknown one is named with "
+                   "the list)")
+    add_config_args(q)
+    q.add_argument("--output-dir", "-o", metavar="D", help="run folder (default: zoo_train.output_dir/CAPABILITY)")
+    q.add_argument("--max-steps", type=positive_int, metavar="N", help="at most N steps per stage (a short run)")
+    q.add_argument("--resume", action="store_true", help="continue the run in OUTPUT_DIR from its latest checkpoint")
+    q.add_argument("--overwrite", action="store_true", help="replace the run already in OUTPUT_DIR")
+    q.set_defaults(func=cmd_zoo_train)

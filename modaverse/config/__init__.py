@@ -285,6 +285,50 @@ class BindConfig(Settings):
     seed: int | None = Field(None, description="data order and augmentation seed; null = the global seed")
 
 
+class ZooTrainConfig(Settings):
+    """``modaverse zoo train``: the tiny generators learn the synthetic world (``zoo_train:``; docs/zoo.md).
+
+    diffusers' own training conventions: noise-prediction MSE under the pipeline's scheduler, about a
+    tenth of the captions dropped so classifier-free guidance has an unconditional branch, EMA weights
+    shipped. The VAE (and for audio the mel VAE and the vocoder) train first: a random decoder renders
+    noise whatever the UNet learns. The result is a diffusers folder the real plug-ins load.
+    """
+
+    output_dir: str = Field("runs/zoo-train", description="one run folder per capability under it")
+    size: int = Field(32, ge=16, le=256, description="side of the pictures and video frames, in pixels")
+    frames: int = Field(8, ge=2, le=32, description="frames per training clip (text-to-video)")
+    seconds: float = Field(1.28, gt=0, le=10, description="length of the training sounds (text-to-audio): 128 mel frames, which the VAE and UNet halve evenly")
+    steps: dict[str, dict[str, int]] = Field(
+        default_factory=lambda: {"text-to-image": {"vae": 1000, "unet": 7000}, "text-to-video": {"unet": 3000},
+                                 "image-editing": {"unet": 5000},
+                                 "text-to-audio": {"vae": 1000, "vocoder": 2000, "unet": 3000}},
+        description="capability -> stage -> optimizer steps (stages: vae, unet; for audio also vocoder)")
+    init_from: str | None = Field(None, description="the trained text-to-image pipeline video and editing start "
+                                  "from; null = OUTPUT_DIR/text-to-image/final")
+    batch_size: int = Field(32, ge=1, description="samples per step")
+    video_batch_size: int = Field(8, ge=1, description="clips per step (text-to-video)")
+    audio_batch_size: int = Field(16, ge=1, description="sounds per step (text-to-audio)")
+    audio_vae_channels: list[int] = Field(default_factory=lambda: [16, 32, 32],
+                                          description="mel VAE block widths (a log-mel is 4x a picture's pixels)")
+    vocoder_channels: int = Field(32, ge=8, description="HiFi-GAN vocoder: channels before its first upsampling")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW), warmup then cosine, per stage")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="share of each stage's steps warming up")
+    caption_dropout: float = Field(0.1, ge=0, lt=1, description="share of captions replaced by the empty prompt")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the UNet's weights (what ships)")
+    kl_weight: float = Field(1e-4, ge=0, description="VAE: weight of the KL term beside the reconstruction")
+    pair_share: float = Field(0.5, ge=0, le=1, description="text-to-image: share of two-object pictures")
+    vae_channels: list[int] = Field(default_factory=lambda: [32, 64, 64],
+                                    description="VAE block widths; each past the first halves the side")
+    unet_channels: list[int] = Field(default_factory=lambda: [32, 64], description="UNet block widths")
+    unet_layers: int = Field(2, ge=1, description="resnet layers per UNet block")
+    text_hidden: int = Field(64, ge=8, description="width of the frozen, seeded text encoder")
+    save_dtype: Literal["float32", "float16"] = Field(
+        "float16", description="dtype of final/'s weights (half the bytes; the plug-ins load them as zoo.*.dtype)")
+    save_every: int | None = Field(500, ge=1, description="checkpoint every N steps (plus one at the end)")
+    log_every: int = Field(50, ge=1, description="steps between logged losses")
+    seed: int | None = Field(None, description="sample and noise seed; null = the global seed")
+
+
 EVAL_CACHE = "~/.cache/modaverse/eval"
 
 
@@ -336,6 +380,7 @@ class Config(Settings):
     trainable: TrainableConfig = Field(default_factory=TrainableConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     bind: BindConfig = Field(default_factory=BindConfig)
+    zoo_train: ZooTrainConfig = Field(default_factory=ZooTrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: str | None = Field(
         None, description="trained weights (a `modaverse train` run or step folder); null = untrained")

@@ -19,7 +19,7 @@ from modaverse.core.errors import ConfigError
 from modaverse.core.strict import reason
 
 #: Dotted keys holding file paths, resolved against the YAML file's folder.
-PATH_KEYS = ("encoder.weights", "encoder.tower_weights", "encoder.text_tokenizer", "llm.model", "checkpoint", "bind.pairs", "train.data", "train.eval_data", "train.feature_cache",
+PATH_KEYS = ("encoder.weights", "encoder.tower_weights", "encoder.text_tokenizer", "llm.model", "checkpoint", "bind.pairs", "train.data", "train.eval_data", "train.feature_cache", "zoo_train.init_from",
              "eval.inception_weights", "eval.panns_weights", "eval.clip_model")
 
 

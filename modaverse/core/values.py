@@ -22,6 +22,13 @@ def positive_int(text: str | int) -> int:
     return value
 
 
+def count(text: str | int) -> int:
+    value = number(text, int)
+    if value < 0:
+        raise ValueError(f"{value} is negative")
+    return value
+
+
 def positive_float(text: str | float) -> float:
     value = number(text)
     if not value > 0:

@@ -5,7 +5,7 @@ The three stages of the paper in one object, built from a config:
 1. input: files -> ImageBind embeddings (:class:`~modaverse.encoder.embed.Encoder`) -> adaptors;
 2. middle: prompt assembly with soft tokens -> LoRA LLM -> meta-response, decoded under
    the meta-response grammar so it always validates;
-3. output: invocations rendered by the model zoo (:mod:`modaverse.zoo`) into files, when an
+3. output: invocations rendered by the model zoo (:mod:`model_zoo`) into files, when an
    output folder is given; a failing generator is reported in the turn, others still render.
 
 History is a list of earlier turns; each keeps its inputs' embeddings, so earlier media
@@ -121,7 +121,7 @@ class ModaVerse:
         self.config, self.encoder, self.adaptors, self.llm = config, encoder, adaptors, llm
         #: Embeddings of media already seen, by content (servers set one: clients resend their history).
         self.embedding_cache: EmbeddingLRU | None = None
-        from modaverse.zoo.zoo import Zoo
+        from model_zoo.zoo import Zoo
 
         self.zoo = Zoo.from_config(config)  # builds, does not load: generators load on first use
         self.capabilities = meta.capabilities(config.zoo)

@@ -1,5 +1,5 @@
-"""The offline tiny kit: a tokenizer trained in code and tiny generators, all built from configs with fixed seeds.
+"""The offline tiny kit's tokenizer, trained in code (deterministic, nothing downloaded).
 
-Nothing below the pipeline imports it; the zoo finds its generators as plug-ins (entry points), and
-the pipeline hands its tokenizer to an LLM built from ``llm.arch``.
+Nothing below the pipeline imports it: the pipeline hands it to an LLM built from ``llm.arch``, and
+the kit's generators (``model_zoo/tiny.py``, found by the zoo as plug-ins) give it to their text encoders.
 """

@@ -230,7 +230,7 @@ def _unit(x) -> torch.Tensor:
 def _tiny_clip(seed: int):
     from transformers import CLIPConfig, CLIPModel
 
-    from modaverse.tiny.zoo import tokenizer
+    from model_zoo.tiny import tokenizer
 
     tok = tokenizer()
     torch.manual_seed(seed)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from modaverse.core.errors import ModaverseError
 from modaverse.media.writers import write_png
-from modaverse.zoo.base import COMMON_OPTIONS, DiffusersGenerator
+from model_zoo.base import COMMON_OPTIONS, DiffusersGenerator
 
 
 class InstructPix2Pix(DiffusersGenerator):
@@ -31,9 +31,11 @@ class InstructPix2Pix(DiffusersGenerator):
                                  "(attach one; to `modaverse render`, give it with -i FILE)")
         source = open_image(images[-1].path).convert("RGB")  # the same size guard as every decode
         kwargs = self.common_kwargs(params)
-        # The pipeline edits at the input's own size; width/height (when given) resize it first.
+        # The pipeline edits at the input's own size; width/height (when given) resize it first, to a
+        # multiple of what the VAE and the UNet's levels divide by (64 for Stable Diffusion's).
+        unit = self.pipe.vae_scale_factor * 2 ** (len(self.pipe.unet.config.block_out_channels) - 1)
         size = (kwargs.pop("width", source.width), kwargs.pop("height", source.height))
-        size = (max(64, size[0] // 8 * 8), max(64, size[1] // 8 * 8))
+        size = (max(unit, size[0] // unit * unit), max(unit, size[1] // unit * unit))
         if size != source.size:
             source = source.resize(size, Image.Resampling.BICUBIC)
         if "image_guidance" in params:

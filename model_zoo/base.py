@@ -1,7 +1,7 @@
 """The generator contract, and the diffusers-backed base the built-in plug-ins share.
 
 A generator turns a prompt (plus bounded parameters, and the turn's inputs for editing
-models) into files. It is loaded lazily by the :class:`~modaverse.zoo.zoo.Zoo` and can be
+models) into files. It is loaded lazily by the :class:`~model_zoo.zoo.Zoo` and can be
 unloaded to make room for another. Third-party packages add generators by exposing a
 class with this shape in the ``modaverse.model_zoo`` entry-point group.
 """

@@ -23,7 +23,7 @@ from modaverse.core.errors import ConfigError, ModaverseError, one_line
 from modaverse.media import MediaInput
 from modaverse.media.writers import write_sidecar
 from modaverse.meta.schema import MAX_PROMPT_CHARS, Invocation, RenderParams
-from modaverse.zoo.registry import load_plugin
+from model_zoo.registry import load_plugin
 
 log = logging.getLogger("modaverse")
 

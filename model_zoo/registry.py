@@ -20,11 +20,11 @@ log = logging.getLogger("modaverse")
 
 ENTRY_POINT_GROUP = "modaverse.model_zoo"
 BUILTIN = {
-    "stable-diffusion": "modaverse.zoo.stable_diffusion:StableDiffusion",
-    "instruct-pix2pix": "modaverse.zoo.instruct_pix2pix:InstructPix2Pix",
-    "text-to-video-ms": "modaverse.zoo.text_to_video:TextToVideoMS",
-    "audioldm": "modaverse.zoo.audioldm:AudioLDM",
-    "audioldm2": "modaverse.zoo.audioldm:AudioLDM2",
+    "stable-diffusion": "model_zoo.stable_diffusion:StableDiffusion",
+    "instruct-pix2pix": "model_zoo.instruct_pix2pix:InstructPix2Pix",
+    "text-to-video-ms": "model_zoo.text_to_video:TextToVideoMS",
+    "audioldm": "model_zoo.audioldm:AudioLDM",
+    "audioldm2": "model_zoo.audioldm:AudioLDM2",
 }
 REQUIRED = ("name", "options", "load", "render", "unload", "memory_bytes")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from modaverse.media.writers import write_video
-from modaverse.zoo.base import COMMON_OPTIONS, DiffusersGenerator
+from model_zoo.base import COMMON_OPTIONS, DiffusersGenerator
 
 
 class TextToVideoMS(DiffusersGenerator):

@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 
 from modaverse.tiny import tokenizer as tiny_tokenizer
-from modaverse.zoo.audioldm import AudioLDM, AudioLDM2
-from modaverse.zoo.instruct_pix2pix import InstructPix2Pix
-from modaverse.zoo.stable_diffusion import StableDiffusion
-from modaverse.zoo.text_to_video import TextToVideoMS
+from model_zoo.audioldm import AudioLDM, AudioLDM2
+from model_zoo.instruct_pix2pix import InstructPix2Pix
+from model_zoo.stable_diffusion import StableDiffusion
+from model_zoo.text_to_video import TextToVideoMS
 
 
 def tokenizer():
@@ -31,39 +31,48 @@ def scheduler():
                          set_alpha_to_one=False, steps_offset=1)
 
 
-def clip_text(tok, hidden: int = 32):
+def clip_text(tok, hidden: int = 32, layers: int = 2):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     return CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_attention_heads=4,
-        num_hidden_layers=2, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
+        num_hidden_layers=layers, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
 
 
-def vae(channels: int = 3, groups: int = 2, widths=(4, 8)):
+def vae(channels: int = 3, groups: int = 2, widths=(4, 8), sample_size: int = 32):
+    """Each width past the first halves the side: (32, 64, 64) maps 32-px pictures to 8x8 latents."""
     from diffusers import AutoencoderKL
 
+    n = len(widths)
     return AutoencoderKL(block_out_channels=list(widths), in_channels=channels, out_channels=channels,
-                         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                         latent_channels=4, norm_num_groups=groups)
+                         down_block_types=["DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n,
+                         latent_channels=4, norm_num_groups=groups, sample_size=sample_size)
 
 
-def unet2d(in_channels: int = 4, cross: int = 32, **extra):
+def unet2d(in_channels: int = 4, cross: int = 32, widths=(4, 8), groups: int = 2, sample_size: int = 32,
+           layers: int = 1, **extra):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        block_out_channels=(4, 8), layers_per_block=1, sample_size=32, in_channels=in_channels, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=cross, norm_num_groups=2, **extra)
+        block_out_channels=tuple(widths), layers_per_block=layers, sample_size=sample_size, in_channels=in_channels,
+        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=cross, norm_num_groups=groups,
+        **extra)
 
 
-def unet3d():
+def unet3d(cross: int = 32, widths=(4, 8), groups: int = 2, sample_size: int = 32, layers: int = 1,
+           head_dim: int = 4, like_unet2d: bool = False):
+    """With ``like_unet2d`` its blocks mirror :func:`unet2d`'s, so a trained image UNet's weights start
+    it (the temporal layers are new)."""
     from diffusers import UNet3DConditionModel
 
+    down = ("DownBlock3D", "CrossAttnDownBlock3D") if like_unet2d else ("CrossAttnDownBlock3D", "DownBlock3D")
+    up = ("CrossAttnUpBlock3D", "UpBlock3D") if like_unet2d else ("UpBlock3D", "CrossAttnUpBlock3D")
     return UNet3DConditionModel(
-        block_out_channels=(4, 8), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
-        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=2)
+        block_out_channels=tuple(widths), layers_per_block=layers, sample_size=sample_size, in_channels=4,
+        out_channels=4, down_block_types=down, up_block_types=up, cross_attention_dim=cross,
+        attention_head_dim=head_dim, norm_num_groups=groups)
 
 
 def audioldm_parts(tok):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from modaverse.media.writers import write_wav
-from modaverse.zoo.base import COMMON_OPTIONS, DiffusersGenerator
+from model_zoo.base import COMMON_OPTIONS, DiffusersGenerator
 
 
 class AudioLDM(DiffusersGenerator):
