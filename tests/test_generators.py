@@ -23,7 +23,7 @@ from .conftest import one_line_error, run_cli
 #: Narrow networks and two steps per stage: seconds on a CPU.
 SMALL = ["--set", "zoo_train.vae_channels=[8,16,16]", "--set", "zoo_train.unet_channels=[8,16]",
          "--set", "zoo_train.unet_layers=1", "--set", "zoo_train.text_hidden=16", "--set", "zoo_train.batch_size=4",
-         "--set", "zoo_train.save_every=2", "--set", "zoo_train.steps.text-to-image={vae: 2, unet: 2}"]
+         "--set", "zoo_train.save_every=1", "--set", "zoo_train.steps.text-to-image={vae: 2, unet: 2}"]
 
 
 def test_judges_read_real_samples_of_the_world():
@@ -89,18 +89,25 @@ def test_zoo_train_resumes_exactly_and_the_real_plugin_renders_its_folder(tmp_pa
     assert index["_class_name"] == "StableDiffusionPipeline"
     factor = json.loads((a / "final" / "vae" / "config.json").read_text())["scaling_factor"]
     assert factor != 0.18215  # measured on this VAE's latents, not SD's constant
-    # cut back to the step-2 checkpoint (the end of the VAE stage): resuming gives the same weights
+    # cut back to a checkpoint inside the UNet stage (optimizer and EMA restored), then to the one at the
+    # end of the VAE stage (the UNet's optimizer starts fresh, the VAE's scaling factor is kept): each
+    # resumes to the same weights as the uninterrupted run
     r = run_cli("zoo", "train", "text-to-image", "-o", b, *SMALL)
     assert r.returncode == 0, r.stderr
-    shutil.rmtree(b / "final")
-    shutil.rmtree(b / "step-000004", ignore_errors=True)
-    (b / "latest").write_text("step-000002\n")
-    r = run_cli("zoo", "train", "text-to-image", "-o", b, "--resume", *SMALL)
-    assert r.returncode == 0 and "resumed from" in r.stderr, r.stderr
-    for part in ("unet", "vae"):
-        ta = load_file(str(a / "final" / part / "diffusion_pytorch_model.safetensors"))
-        tb = load_file(str(b / "final" / part / "diffusion_pytorch_model.safetensors"))
-        assert all(torch.equal(ta[k], tb[k]) for k in ta), part
+    assert sorted(p.name for p in b.glob("step-*")) == ["step-000002", "step-000003"]
+    for cut in ("step-000003", "step-000002"):
+        shutil.rmtree(b / "final")
+        for later in b.glob("step-*"):
+            if later.name > cut:
+                shutil.rmtree(later)
+        (b / "latest").write_text(cut + "\n")
+        r = run_cli("zoo", "train", "text-to-image", "-o", b, "--resume", *SMALL)
+        assert r.returncode == 0 and "resumed from" in r.stderr, r.stderr
+        for part in ("unet", "vae"):
+            ta = load_file(str(a / "final" / part / "diffusion_pytorch_model.safetensors"))
+            tb = load_file(str(b / "final" / part / "diffusion_pytorch_model.safetensors"))
+            assert all(torch.equal(ta[k], tb[k]) for k in ta), (cut, part)
+        assert json.loads((b / "final" / "vae" / "config.json").read_text())["scaling_factor"] == factor
     # a finished run is not overwritten by accident
     one_line_error(run_cli("zoo", "train", "text-to-image", "-o", a, *SMALL), "--overwrite")
     # the folder is a diffusers checkpoint: the real stable-diffusion plug-in loads and renders it

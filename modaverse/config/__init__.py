@@ -285,6 +285,11 @@ class BindConfig(Settings):
     seed: int | None = Field(None, description="data order and augmentation seed; null = the global seed")
 
 
+#: Each tiny generator's stages and their steps: each run under 45 minutes on a 2-core CPU (docs/zoo.md).
+GENERATOR_STEPS = {"text-to-image": {"vae": 1000, "unet": 7000}, "text-to-video": {"unet": 3000},
+                   "image-editing": {"unet": 5000}, "text-to-audio": {"vae": 1000, "vocoder": 2000, "unet": 3000}}
+
+
 class ZooTrainConfig(Settings):
     """``modaverse zoo train``: the tiny generators learn the synthetic world (``zoo_train:``; docs/zoo.md).
 
@@ -299,10 +304,9 @@ class ZooTrainConfig(Settings):
     frames: int = Field(8, ge=2, le=32, description="frames per training clip (text-to-video)")
     seconds: float = Field(1.28, gt=0, le=10, description="length of the training sounds (text-to-audio): 128 mel frames, which the VAE and UNet halve evenly")
     steps: dict[str, dict[str, int]] = Field(
-        default_factory=lambda: {"text-to-image": {"vae": 1000, "unet": 7000}, "text-to-video": {"unet": 3000},
-                                 "image-editing": {"unet": 5000},
-                                 "text-to-audio": {"vae": 1000, "vocoder": 2000, "unet": 3000}},
-        description="capability -> stage -> optimizer steps (stages: vae, unet; for audio also vocoder)")
+        default_factory=lambda: {k: dict(v) for k, v in GENERATOR_STEPS.items()},
+        description="capability -> stage -> optimizer steps (stages: vae, unet; for audio also vocoder); a key "
+                    "given replaces that one stage's default, 0 skips the stage")
     init_from: str | None = Field(None, description="the trained text-to-image pipeline video and editing start "
                                   "from; null = OUTPUT_DIR/text-to-image/final")
     batch_size: int = Field(32, ge=1, description="samples per step")
@@ -322,6 +326,17 @@ class ZooTrainConfig(Settings):
     unet_channels: list[int] = Field(default_factory=lambda: [32, 64], description="UNet block widths")
     unet_layers: int = Field(2, ge=1, description="resnet layers per UNet block")
     text_hidden: int = Field(64, ge=8, description="width of the frozen, seeded text encoder")
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _over_the_defaults(cls, value: Any) -> Any:
+        """``--set zoo_train.steps.text-to-audio.unet=500`` changes one stage, not the whole plan."""
+        if not isinstance(value, dict):
+            return value
+        merged = {k: dict(v) for k, v in GENERATOR_STEPS.items()}
+        for capability, stages in value.items():
+            merged[capability] = {**merged.get(capability, {}), **stages} if isinstance(stages, dict) else stages
+        return merged
+
     save_dtype: Literal["float32", "float16"] = Field(
         "float16", description="dtype of final/'s weights (half the bytes; the plug-ins load them as zoo.*.dtype)")
     save_every: int | None = Field(500, ge=1, description="checkpoint every N steps (plus one at the end)")

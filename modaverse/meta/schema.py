@@ -52,8 +52,8 @@ class RenderParams(Strict):
     seed: int = Field(None, ge=0, le=2**32 - 1, description="generator seed")
     steps: int = Field(None, ge=1, le=150, description="denoising steps")
     guidance: float = Field(None, ge=0, le=30, description="classifier-free guidance scale")
-    width: int = Field(None, ge=64, le=2048, multiple_of=8, description="output width in pixels")
-    height: int = Field(None, ge=64, le=2048, multiple_of=8, description="output height in pixels")
+    width: int = Field(None, ge=32, le=2048, multiple_of=8, description="output width in pixels (32: the tiny trained generators)")
+    height: int = Field(None, ge=32, le=2048, multiple_of=8, description="output height in pixels")
     frames: int = Field(None, ge=1, le=128, description="video frames")
     duration: float = Field(None, ge=0.5, le=60, description="audio length in seconds")
 

@@ -238,7 +238,8 @@ class BindRecipe(Recipe):
         self.stage = stage
         self.optimizer, self.scheduler = self._optimizer(stage)
         resumed = getattr(self, "_resumed_optim", None)
-        if resumed is not None and first <= self.start_step:
+        # a checkpoint at a stage's first step holds the previous stage's optimizer: this one starts fresh
+        if resumed is not None and first < self.start_step:
             self.optimizer.load_state_dict(resumed[0])
             self.scheduler.load_state_dict(resumed[1])
             self._resumed_optim = None

@@ -65,6 +65,7 @@ class GeneratorRecipe(Recipe):
         self.bar_off = None if progress is None else not progress
         self.started = time.perf_counter()
         self.start_step = 0
+        self.scaled = False  # the VAE's scaling factor measured (or restored) in this run
 
     # -- 1. setup -----------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -83,9 +84,14 @@ class GeneratorRecipe(Recipe):
             raise ModaverseError(f"zoo_train.size {z.size}: not divisible by the VAE's and the UNet's downsampling "
                                  f"({2 ** (len(z.vae_channels) - 1)} x {2 ** (len(z.unet_channels) - 1)})")
         self.total = sum(n for _, n in self.stages)
+        if self.capability in ("text-to-video", "image-editing"):
+            self._init_from()  # before any output folder or model exists
         self.resume_from = check_output(self.out, self.want_resume, self.overwrite)
         torch.manual_seed(self.seed)
-        self.pipe = self._build()
+        from modaverse.core.quiet import quiet
+
+        with quiet():  # diffusers' and transformers' notices (deprecations, a missing torchvision) on import
+            self.pipe = self._build()
         self.ema = None
         if self.resume_from is not None:
             self.resume(self.resume_from)
@@ -104,12 +110,8 @@ class GeneratorRecipe(Recipe):
         cls = getattr(diffusers, CAPABILITIES[self.capability][1])
         extra = {} if self.capability == "text-to-video" else {
             "safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-        from modaverse.core.quiet import quiet
-
-        with quiet():  # TextToVideoSDPipeline's deprecation notice: it is still the pipeline ModelScope's weights load in
-            return cls(vae=base.vae.requires_grad_(False).eval(),
-                       text_encoder=base.text_encoder.requires_grad_(False).eval(), tokenizer=base.tokenizer, unet=unet,
-                       scheduler=base.scheduler, **extra)
+        return cls(vae=base.vae.requires_grad_(False).eval(), text_encoder=base.text_encoder.requires_grad_(False).eval(),
+                   tokenizer=base.tokenizer, unet=unet, scheduler=base.scheduler, **extra)
 
     def _build_image(self):
         from diffusers import StableDiffusionPipeline
@@ -132,14 +134,14 @@ class GeneratorRecipe(Recipe):
         """The trained text-to-image pipeline video and editing start from."""
         from diffusers import StableDiffusionPipeline
 
-        from modaverse.core.quiet import quiet
+        return StableDiffusionPipeline.from_pretrained(str(self._init_from()), torch_dtype=torch.float32)  # float16 on disk
 
+    def _init_from(self) -> Path:
         where = Path(self.z.init_from) if self.z.init_from else Path(self.z.output_dir) / "text-to-image" / "final"
         if not (where / "model_index.json").is_file():
             raise ModaverseError(f"zoo_train.init_from {where}: no trained text-to-image pipeline there; {self.capability} "
                                  "starts from one (`modaverse zoo train text-to-image` first)")
-        with quiet():
-            return StableDiffusionPipeline.from_pretrained(str(where), torch_dtype=torch.float32)  # stored in float16
+        return where
 
     def _unet_from(self, image_unet):
         """The image UNet's weights in this capability's UNet: every tensor of the same name and shape."""
@@ -191,6 +193,7 @@ class GeneratorRecipe(Recipe):
             module.load_state_dict(state["modules"][name])
         if state.get("scaling_factor") is not None:
             self.pipe.vae.register_to_config(scaling_factor=state["scaling_factor"])
+            self.scaled = True
         self.start_step = manifest["step"]
         self._resumed = state
         log.info("resumed from %s at step %d", folder, self.start_step)
@@ -207,7 +210,7 @@ class GeneratorRecipe(Recipe):
             end = first + steps
             if self.start_step < end:
                 self._run_stage(stage, first, end, bar)
-            elif stage == "vae" and "scaling_factor" not in (getattr(self, "_resumed", None) or {}):
+            elif stage == "vae" and not self.scaled:  # resumed past the VAE stage: its factor, measured again
                 self._measure_scaling()
             first = end
         bar.close()
@@ -227,7 +230,8 @@ class GeneratorRecipe(Recipe):
             self.ema = EMAModel(module.parameters(), decay=self.z.ema_decay)
             self.empty = self._encode_text([""])
         resumed = getattr(self, "_resumed", None)
-        if resumed is not None and first <= self.start_step:
+        # a checkpoint at a stage's first step holds the previous stage's optimizer: this one starts fresh
+        if resumed is not None and first < self.start_step:
             self.optimizer.load_state_dict(resumed["optimizer"])
             self.scheduler.load_state_dict(resumed["scheduler"])
             if self.ema is not None and resumed.get("ema"):
@@ -292,6 +296,7 @@ class GeneratorRecipe(Recipe):
                              for i in range(4)])
         factor = round(float(1.0 / latents.std()), 5)
         self.pipe.vae.register_to_config(scaling_factor=factor)
+        self.scaled = True
         log.info("VAE latents' scaling factor: %s", factor)
 
     @torch.no_grad()
@@ -350,8 +355,7 @@ class GeneratorRecipe(Recipe):
         torch.save({"modules": {k: m.state_dict() for k, m in self._modules().items()},
                     "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                     "ema": self.ema.state_dict() if self.ema is not None else None,
-                    "scaling_factor": self.pipe.vae.config.scaling_factor if step > dict(self.stages).get("vae", 0)
-                    else None}, tmp / STATE)
+                    "scaling_factor": self.pipe.vae.config.scaling_factor if self.scaled else None}, tmp / STATE)
         write_json_atomic(tmp / MANIFEST, self._manifest(step))
         publish_step(self.out, tmp, name, keep=2)
 
