@@ -50,7 +50,10 @@ def test_models_and_a_multimodal_completion(client):
         {"type": "text", "text": "What is in this picture, this sound and this clip?"}, IMAGE, AUDIO, VIDEO]}])
     message = r.choices[0].message
     extra = message.model_extra["modaverse"]
-    assert message.role == "assistant" and message.content == extra["meta_response"]["text"]
+    # the reply's text, then a link to each rendered output (none when the model invoked nothing)
+    assert message.role == "assistant" and message.content.startswith(extra["meta_response"]["text"])
+    assert message.content.count("](http") == len(extra["outputs"])
+    assert all(o["url"] in message.content for o in extra["outputs"])
     assert r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens > 0
 
 
