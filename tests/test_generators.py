@@ -165,3 +165,18 @@ def test_video_editing_and_audio_train_and_their_real_plugins_render(tmp_path):
 
     wave, rate = soundfile.read(str(next((tmp_path / "text-to-audio").glob("*.wav"))))
     assert rate == 16000 and len(wave) == 128 * 160  # 1.28 s: the vocoder's 160 samples per mel frame
+
+
+def test_the_shipped_image_generator_draws_what_it_is_asked(tmp_path):
+    """The offline profiles' text-to-image (configs/checkpoints/zoo/text-to-image, trained by zoo train)
+    draws the world's shapes: the judges read back each colour and shape it was asked for."""
+    from PIL import Image
+
+    asked = [("red", "circle"), ("green", "triangle"), ("blue", "ring"), ("yellow", "triangle")]
+    for colour, shape in asked:
+        out = tmp_path / f"{colour}-{shape}"
+        r = run_cli("render", "text-to-image", f"a {colour} {shape}, flat illustration", "-o", out, "-p", "seed=1")
+        assert r.returncode == 0, r.stderr
+        picture = np.asarray(Image.open(next(out.glob("*.png"))).convert("RGB"))
+        assert picture.shape == (32, 32, 3)
+        assert judges.objects(picture) == [(colour, shape)], (colour, shape)

@@ -25,7 +25,8 @@ PLUGIN_PKG = Path(__file__).parent / "plugin_pkg"
 
 @pytest.fixture(scope="module")
 def zoo():
-    return Zoo.from_config(load_config("tiny"))
+    """The random tiny kit (preset `tiny`): these tests are about files and formats, and it is the fastest."""
+    return Zoo.from_config(load_config("tiny", ["zoo=tiny"]))
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +94,12 @@ def test_image_editing_uses_the_turns_image(zoo, tmp_path, image_input):
 ])
 def test_each_plugin_reloads_from_a_save_pretrained_folder(tmp_path, image_input, plugin, capability, params):
     """The real loading path: from_pretrained on a saved folder gives the same output as the built one."""
-    base = load_config("tiny", [f"zoo.{capability}.plugin=tiny-{plugin}"])
+    base = load_config("tiny", ["zoo=tiny", f"zoo.{capability}.plugin=tiny-{plugin}"])
     built = Zoo.from_config(base)
     gen = built.acquire(capability)
     gen.pipe.save_pretrained(tmp_path / "saved")
-    swapped = load_config("tiny", [f"zoo.{capability}.plugin={plugin}", f"zoo.{capability}.model={tmp_path / 'saved'}"])
+    swapped = load_config("tiny", ["zoo=tiny", f"zoo.{capability}.plugin={plugin}",
+                                   f"zoo.{capability}.model={tmp_path / 'saved'}"])
     reloaded = Zoo.from_config(swapped)
     assert reloaded.status()[list(reloaded.capabilities).index(capability)]["model"] == str(tmp_path / "saved")
     a = built.render(capability, "a cat", {"seed": 3, **params}, tmp_path / "a", image_input)[0]
@@ -271,7 +273,7 @@ def test_sdxl_checkpoints_load_through_the_same_plugin(tmp_path):
     StableDiffusionXLPipeline(vae=tiny.vae(), text_encoder=CLIPTextModel(text), text_encoder_2=CLIPTextModelWithProjection(text),
                               tokenizer=tok, tokenizer_2=tok, unet=unet, scheduler=tiny.scheduler()
                               ).save_pretrained(tmp_path / "sdxl")
-    zoo = Zoo.from_config(load_config("tiny", [f"zoo.text-to-image.model={tmp_path / 'sdxl'}",
+    zoo = Zoo.from_config(load_config("tiny", ["zoo=tiny", f"zoo.text-to-image.model={tmp_path / 'sdxl'}",
                                                "zoo.text-to-image.plugin=stable-diffusion"]))
     (png,) = zoo.render("text-to-image", "a lighthouse", {"seed": 2}, tmp_path / "out")
     assert type(zoo.generators["text-to-image"].pipe).__name__ == "StableDiffusionXLPipeline"
