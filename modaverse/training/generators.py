@@ -170,12 +170,19 @@ class GeneratorRecipe(Recipe):
     def _modules(self) -> dict[str, torch.nn.Module]:
         return {s: getattr(self.pipe, s) for s in CAPABILITIES[self.capability][0]}
 
+    def _trained(self, stage: str) -> tuple[str, ...]:
+        """The modules a stage trains: its own (text-to-audio's UNet stage adds the text encoder)."""
+        return (stage,)
+
+    def _parameters(self, stage: str) -> list[torch.nn.Parameter]:
+        modules = self._modules()
+        return [p for name in self._trained(stage) for p in modules[name].parameters()]
+
     def _optimizer(self, stage: str):
         from transformers import get_scheduler
 
-        module = self._modules()[stage]
         steps = dict(self.stages)[stage]
-        opt = torch.optim.AdamW(module.parameters(), lr=self.z.lr, weight_decay=0.01)
+        opt = torch.optim.AdamW(self._parameters(stage), lr=self.z.lr, weight_decay=0.01)
         return opt, get_scheduler("cosine", opt, num_warmup_steps=round(steps * self.z.warmup_ratio),
                                   num_training_steps=steps)
 
@@ -222,13 +229,12 @@ class GeneratorRecipe(Recipe):
         self.stage = stage
         module = self._modules()[stage]
         for name, m in self._modules().items():
-            m.requires_grad_(name == stage)
-            m.train(name == stage)
+            m.requires_grad_(name in self._trained(stage))
+            m.train(name == stage)  # a text encoder trained alongside stays in eval mode: no dropout
         self.optimizer, self.scheduler = self._optimizer(stage)
         if stage == "unet":
             self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
             self.ema = EMAModel(module.parameters(), decay=self.z.ema_decay)
-            self.empty = self._encode_text([""])
         resumed = getattr(self, "_resumed", None)
         # a checkpoint at a stage's first step holds the previous stage's optimizer: this one starts fresh
         if resumed is not None and first < self.start_step:
@@ -242,7 +248,7 @@ class GeneratorRecipe(Recipe):
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
             losses = getattr(self, f"_{stage}_step")(step, g)
             sum(losses.values()).backward()
-            torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(self._parameters(stage), 1.0)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -263,7 +269,8 @@ class GeneratorRecipe(Recipe):
                 self._measure_scaling()
             if self.z.save_every and done % self.z.save_every == 0 and done < self.total:
                 self.save(done)
-        module.requires_grad_(False).eval()
+        for name in self._trained(stage):
+            self._modules()[name].requires_grad_(False).eval()
 
     def _batch(self, step: int) -> tuple[list[str], torch.Tensor, torch.Tensor | None]:
         """The step's captions and pixels in [-1, 1]: pictures ``[B, 3, H, W]``, clips ``[B, 3, F, H, W]``;
@@ -328,9 +335,9 @@ class GeneratorRecipe(Recipe):
         # (InstructPix2Pix: text alone, picture alone, or both, each about p/2 of the time)
         no_text = roll < p
         captions = ["" if d else c for c, d in zip(captions, no_text.tolist(), strict=True)]
+        cond = self._encode_text(captions)  # without gradients unless the stage trains the text encoder
         with torch.no_grad():
             latents = self._latents(x, g)
-            cond = self._encode_text(captions)
             if source is not None:
                 image = self.pipe.vae.encode(source).latent_dist.mode()  # unscaled, as the pipeline feeds it
                 no_image = (roll >= p / 2) & (roll < 3 * p / 2)
