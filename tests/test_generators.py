@@ -125,7 +125,7 @@ def test_zoo_train_resumes_exactly_and_the_real_plugin_renders_its_folder(tmp_pa
 def test_eval_roundtrip_reports_renders_beside_real_samples(tmp_path):
     """The random tiny generators render noise: the judges say so, and say they read real samples right."""
     r = run_cli("eval", "roundtrip", "--capability", "text-to-image", "--capability", "text-to-audio",
-                "--samples", "1", "-o", tmp_path / "rt.json")
+                "--samples", "1", "-o", tmp_path / "rt.json", "--set", "zoo=tiny")
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "rt.json").read_text())
     image, audio = report["text-to-image"], report["text-to-audio"]
