@@ -73,6 +73,9 @@ demo: setup
 	@echo "== What do you hear? ($(DEMO)/inputs/media/audio-00002.wav, which holds $(call SHOWS,audio-00002.wav))"
 	@$(BIN)/modaverse generate "What do you hear in <media>?" -i $(DEMO)/inputs/media/audio-00002.wav \
 		--config $(PROFILE) --output-dir $(DEMO)/question --force
+	@echo "== Draw a picture like this one ($(DEMO)/inputs/media/image-00006.png, which shows $(call SHOWS,image-00006.png); drawn by the trained tiny text-to-image generator)"
+	@$(BIN)/modaverse generate "Draw a picture like <media>." -i $(DEMO)/inputs/media/image-00006.png \
+		--config $(PROFILE) --output-dir $(DEMO)/draw --force
 	@echo "== Animate this picture ($(DEMO)/inputs/media/image-00018.png, which shows $(call SHOWS,image-00018.png); the tiny video generator renders noise)"
 	@$(BIN)/modaverse generate "Animate <media>." -i $(DEMO)/inputs/media/image-00018.png \
 		--config $(PROFILE) --output-dir $(DEMO)/animate --force
