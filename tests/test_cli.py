@@ -180,3 +180,13 @@ def test_help_texts_name_only_configs_that_exist():
             seen += 1
             assert name in configs, f"`{command} --help` names config {name!r}"
     assert seen > 0  # the walk does reach help texts that name configs
+
+
+@pytest.mark.parametrize("command", [["train"], ["bind"], ["zoo", "train", "text-to-image"]])
+def test_resumable_runs_refuse_resume_with_overwrite_before_any_work(command, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("an earlier run's file")
+    one_line_error(run_cli(*command, "-o", run, "--resume", "--overwrite"), "--resume and --overwrite")
+    assert [p.name for p in run.iterdir()] == ["keep.txt"]
+    assert "--resume" in run_cli(*command, "--help").stdout

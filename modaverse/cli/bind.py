@@ -6,8 +6,7 @@ import argparse
 import json
 import logging
 
-from modaverse.cli.common import add_config_args, load, positive_int
-from modaverse.core.errors import ModaverseError
+from modaverse.cli.common import add_config_args, add_run_args, load, run_kwargs
 
 TOWERS = ("vision", "text", "audio", "depth", "thermal", "imu")
 
@@ -34,10 +33,9 @@ def cmd_bind(args: argparse.Namespace) -> int:
     if args.max_steps is not None:  # a short run: each stage at most N steps
         b.vision_text_steps = min(b.vision_text_steps, args.max_steps)
         b.bind_steps = min(b.bind_steps, args.max_steps)
-    if args.resume and args.overwrite:
-        raise ModaverseError("--resume and --overwrite are alternatives; give one")
+    kwargs = run_kwargs(args)
     logging.getLogger("modaverse").setLevel(logging.INFO)
-    summary = bind(config, output_dir=args.output_dir, resume=args.resume, overwrite=args.overwrite)
+    summary = bind(config, **kwargs)
     if summary:
         print(json.dumps({k: summary[k] for k in ("output", "towers", "steps", "last", "seconds", "bytes")},
                          ensure_ascii=False))
@@ -58,8 +56,5 @@ def register(sub) -> None:
     p.add_argument("--pairs", metavar="FILE", help="pairs file (bind.pairs)")
     p.add_argument("--towers", type=towers_arg, metavar="T,T", help=f"towers to train, from {', '.join(TOWERS)} "
                    "(bind.towers; default all)")
-    p.add_argument("--output-dir", "-o", metavar="D", help="run folder (default: bind.output_dir)")
-    p.add_argument("--max-steps", type=positive_int, metavar="N", help="at most N steps per stage (a short run)")
-    p.add_argument("--resume", action="store_true", help="continue the run in OUTPUT_DIR from its latest checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace the run already in OUTPUT_DIR")
+    add_run_args(p, "bind.output_dir", "at most N steps per stage (a short run)")
     p.set_defaults(func=cmd_bind)

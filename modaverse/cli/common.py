@@ -57,6 +57,22 @@ def add_checkpoint_arg(p: argparse.ArgumentParser) -> None:
                    "model is rebuilt as the checkpoint describes (default: the config's `checkpoint`)")
 
 
+def add_run_args(p: argparse.ArgumentParser, default_dir: str, max_steps_help: str,
+                 resume_help: str = "continue the run in OUTPUT_DIR from its latest checkpoint") -> None:
+    """The arguments every resumable run shares (``train``, ``bind``, ``zoo train``)."""
+    p.add_argument("--output-dir", "-o", metavar="D", help=f"run folder (default: {default_dir})")
+    p.add_argument("--max-steps", type=positive_int, metavar="N", help=max_steps_help)
+    p.add_argument("--resume", action="store_true", help=resume_help)
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in OUTPUT_DIR")
+
+
+def run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``output_dir``, ``resume`` and ``overwrite`` for a recipe, refusing the pair that contradicts."""
+    if args.resume and args.overwrite:
+        raise ModaverseError("--resume and --overwrite are alternatives; give one")
+    return {"output_dir": args.output_dir, "resume": args.resume, "overwrite": args.overwrite}
+
+
 def load(args: argparse.Namespace):
     """The config the command names, rebuilt around ``--checkpoint`` when one is given (its
     model-shaping settings come from the checkpoint; ``--set`` still wins)."""

@@ -6,8 +6,7 @@ import argparse
 import json
 import logging
 
-from modaverse.cli.common import add_config_args, load, positive_int
-from modaverse.core.errors import ModaverseError
+from modaverse.cli.common import add_config_args, add_run_args, load, positive_int, run_kwargs
 
 
 def held_out_score(config, data: str, progress: bool | None, limit: int | None) -> dict:
@@ -28,11 +27,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         config.train.max_steps = args.max_steps
     if args.max_examples is not None:
         config.train.max_examples = args.max_examples
-    if args.resume and args.overwrite:
-        raise ModaverseError("--resume and --overwrite are alternatives; give one")
+    kwargs = run_kwargs(args)
     logging.getLogger("modaverse").setLevel(logging.INFO)
-    summary = train(config, output_dir=args.output_dir, resume=args.resume, overwrite=args.overwrite,
-                    evaluate=held_out_score)
+    summary = train(config, evaluate=held_out_score, **kwargs)
     if summary:
         print(json.dumps({k: summary[k] for k in ("output", "steps", "last", "seconds")}, ensure_ascii=False))
         if "eval" in summary:
@@ -50,12 +47,10 @@ def register(sub) -> None:
                        "processes or GPUs: accelerate launch --config_file configs/accelerate/ddp.yaml "
                        "-m modaverse train ...")
     add_config_args(p)
-    p.add_argument("--output-dir", "-o", metavar="D", help="run folder (default: train.output_dir)")
-    p.add_argument("--max-steps", type=positive_int, metavar="N", help="optimizer steps in total (train.max_steps)")
+    add_run_args(p, "train.output_dir", "optimizer steps in total (train.max_steps)",
+                 "continue the run in OUTPUT_DIR from its latest checkpoint (a run with no checkpoint yet starts "
+                 "over)")
     p.add_argument("--max-examples", type=positive_int, metavar="N",
                    help="train on a seeded sample of N conversations (train.max_examples); --max-steps alone "
                    "already limits encoding to the conversations its steps use")
-    p.add_argument("--resume", action="store_true", help="continue the run in OUTPUT_DIR from its latest checkpoint "
-                   "(a run with no checkpoint yet starts over)")
-    p.add_argument("--overwrite", action="store_true", help="replace the run already in OUTPUT_DIR")
     p.set_defaults(func=cmd_train)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from modaverse.cli.common import add_config_args, default_out_dir, load, positive_int
+from modaverse.cli.common import add_config_args, add_run_args, default_out_dir, load, run_kwargs
 from modaverse.core.errors import ModaverseError
 
 
@@ -67,15 +67,13 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
 
     from modaverse.training.generators import train_generator
 
-    if args.resume and args.overwrite:
-        raise ModaverseError("--resume and --overwrite are alternatives; give one")
+    kwargs = run_kwargs(args)
     config = load(args)
     if args.max_steps is not None:  # a short run: each stage at most N steps
         steps = config.zoo_train.steps.get(args.capability, {})
         config.zoo_train.steps[args.capability] = {k: min(v, args.max_steps) for k, v in steps.items()}
     logging.getLogger("modaverse").setLevel(logging.INFO)
-    summary = train_generator(config, args.capability, output_dir=args.output_dir, resume=args.resume,
-                              overwrite=args.overwrite)
+    summary = train_generator(config, args.capability, **kwargs)
     print(json.dumps({k: summary[k] for k in ("output", "steps", "last", "seconds", "bytes")}, ensure_ascii=False))
     return 0
 
@@ -112,8 +110,5 @@ def register(sub) -> None:
     q.add_argument("capability", metavar="CAPABILITY", help="e.g. text-to-image (an unknown one is named with "
                    "the list)")
     add_config_args(q)
-    q.add_argument("--output-dir", "-o", metavar="D", help="run folder (default: zoo_train.output_dir/CAPABILITY)")
-    q.add_argument("--max-steps", type=positive_int, metavar="N", help="at most N steps per stage (a short run)")
-    q.add_argument("--resume", action="store_true", help="continue the run in OUTPUT_DIR from its latest checkpoint")
-    q.add_argument("--overwrite", action="store_true", help="replace the run already in OUTPUT_DIR")
+    add_run_args(q, "zoo_train.output_dir/CAPABILITY", "at most N steps per stage (a short run)")
     q.set_defaults(func=cmd_zoo_train)

@@ -51,20 +51,20 @@ def read_audio(path: Path) -> np.ndarray:
     return wave
 
 
-def _image_scores(img: np.ndarray, content: dict) -> dict[str, bool]:
+def _image_scores(img: np.ndarray, content: dict, source: np.ndarray | None = None) -> dict[str, bool]:
     shown = judges.objects(img)
     first = shown[0] if len(shown) == 1 else (None, None)
     return {"colour": judges.colour(img) == content["colour"], "shape": first[1] == content["shape"]}
 
 
-def _video_scores(frames: np.ndarray, content: dict) -> dict[str, bool]:
+def _video_scores(frames: np.ndarray, content: dict, source: np.ndarray | None = None) -> dict[str, bool]:
     scores = {"colour": judges.colour(frames[len(frames) // 2]) == content["colour"]}
     if content.get("motion"):
         scores["direction"] = judges.direction(frames) == content["motion"]
     return scores
 
 
-def _audio_scores(wave: np.ndarray, content: dict) -> dict[str, bool]:
+def _audio_scores(wave: np.ndarray, content: dict, source: np.ndarray | None = None) -> dict[str, bool]:
     return {"sound": judges.sound(wave) == content["sound"]}
 
 
@@ -87,22 +87,18 @@ def vocabulary(capability: str) -> list[tuple[str, dict]]:
     return []
 
 
-#: capability -> (reader of its files, judge, real samples of the world as (array, content, source)).
+def _real(draw: Callable[[int], object]) -> Callable[[int], tuple]:
+    """Real samples of the world as a judge reads them: (array, content, source picture or None)."""
+    return lambda i: (lambda s: (s.array, s.content, s.source))(draw(i))
+
+
+#: capability -> (reader of its files, judge(array, content, source), real samples of the world).
 CHECKS: dict[str, tuple[Callable, Callable, Callable[[int], tuple]]] = {
-    "text-to-image": (read_image, _image_scores,
-                      lambda i: (lambda s: (s.array, s.content, None))(samples.image(7, i, 32, pair_share=0.0))),
-    "text-to-video": (read_video, _video_scores,
-                      lambda i: (lambda s: (s.array, s.content, None))(samples.video(7, i, 32, 8))),
-    "text-to-audio": (read_audio, _audio_scores,
-                      lambda i: (lambda s: (s.array, s.content, None))(samples.audio(7, i, 1.0))),
-    "image-editing": (read_image, _edit_scores,
-                      lambda i: (lambda s: (s.array, s.content, s.source))(samples.edit(7, i, 32))),
+    "text-to-image": (read_image, _image_scores, _real(lambda i: samples.image(7, i, 32, pair_share=0.0))),
+    "text-to-video": (read_video, _video_scores, _real(lambda i: samples.video(7, i, 32, 8))),
+    "text-to-audio": (read_audio, _audio_scores, _real(lambda i: samples.audio(7, i, 1.0))),
+    "image-editing": (read_image, _edit_scores, _real(lambda i: samples.edit(7, i, 32))),
 }
-
-
-def _judge(capability: str, array: np.ndarray, content: dict, source) -> dict[str, bool]:
-    _, judge, _ = CHECKS[capability]
-    return judge(array, content, source) if capability == "image-editing" else judge(array, content)
 
 
 def _summarise(rows: list[dict[str, bool]]) -> dict[str, float | None]:
@@ -124,8 +120,8 @@ def roundtrip(config: Config, capabilities: list[str] | None = None, n: int = 20
         if capability not in CHECKS:
             raise ModaverseError(f"eval roundtrip: the synthetic world has no vocabulary for {capability!r}; "
                                  f"choose from {', '.join(CHECKS)}")
-        read, _, real = CHECKS[capability]
-        truth = [_judge(capability, *real(i)) for i in range(REAL)]
+        read, judge, real = CHECKS[capability]
+        truth = [judge(*real(i)) for i in range(REAL)]
         jobs = _jobs(capability, n)
         per_caption, rows, seconds = defaultdict(list), [], []
         with tempfile.TemporaryDirectory(prefix="modaverse-roundtrip-") as tmp:
@@ -137,7 +133,7 @@ def roundtrip(config: Config, capabilities: list[str] | None = None, n: int = 20
                 t = time.perf_counter()
                 files = zoo.render(capability, prompt, {"seed": seed}, Path(tmp) / str(k), inputs)
                 seconds.append(time.perf_counter() - t)
-                scores = _judge(capability, read(files[0]), content, source)
+                scores = judge(read(files[0]), content, source)
                 rows.append(scores)
                 per_caption[prompt].append(scores)
         zoo.unload_all()

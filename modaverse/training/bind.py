@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -39,7 +38,8 @@ from modaverse.config import Config
 from modaverse.core.atomic import write_json_atomic
 from modaverse.core.errors import ModaverseError
 from modaverse.core.modality import TOWER
-from modaverse.training.run import Recipe, check_output, prepare_folder, publish_step, step_folder, stream
+from modaverse.training.run import check_output, prepare_folder, publish_step, step_folder, stream
+from modaverse.training.stages import StagedRecipe
 
 log = logging.getLogger("modaverse")
 
@@ -79,12 +79,15 @@ def swapped_caption(caption: str) -> str | None:
     return f"{m[1]} {m[2]} {m[6]} and {m[4]} {m[5]} {m[3]}{m[7]}"
 
 
-class BindRecipe(Recipe):
+class BindRecipe(StagedRecipe):
     """One bind run. ``run()`` = setup, train, finish, cleanup."""
+
+    desc = "bind"
 
     def __init__(self, config: Config, *, output_dir: str | Path | None = None, resume: bool = False,
                  overwrite: bool = False, progress: bool | None = None):
         self.config, self.b = config, config.bind
+        self.log_every, self.save_every = self.b.log_every, self.b.save_every
         self.out = Path(output_dir or self.b.output_dir)
         self.seed = self.b.seed if self.b.seed is not None else config.seed
         self.want_resume, self.overwrite = resume, overwrite
@@ -215,64 +218,25 @@ class BindRecipe(Recipe):
             raise ModaverseError(f"{folder}: does not fit this encoder; " + "; ".join(parts))
         self.model.load_state_dict(state["model"], strict=False)
         self.start_step = manifest["step"]
-        self._resumed_optim = state["optimizer"], state["scheduler"]
+        self._resumed = state
         log.info("resumed from %s at step %d", folder, self.start_step)
 
-    # -- 2. train -----------------------------------------------------------------------------------
-    def train(self) -> None:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=self.total, initial=self.start_step, unit="step", desc="bind", disable=self.bar_off,
-                   file=sys.stderr, dynamic_ncols=True) if self.main else None
-        first = 0
-        self.last: dict = {}
-        for stage, steps in self.stages:
-            end = first + steps
-            if self.start_step < end:
-                self._run_stage(stage, first, end, bar)
-            first = end
-        if bar is not None:
-            bar.close()
-
-    def _run_stage(self, stage: str, first: int, end: int, bar) -> None:
-        self.stage = stage
-        self.optimizer, self.scheduler = self._optimizer(stage)
-        resumed = getattr(self, "_resumed_optim", None)
-        # a checkpoint at a stage's first step holds the previous stage's optimizer: this one starts fresh
-        if resumed is not None and first < self.start_step:
-            self.optimizer.load_state_dict(resumed[0])
-            self.scheduler.load_state_dict(resumed[1])
-            self._resumed_optim = None
+    # -- 2. train (the loop: training/stages.py) ----------------------------------------------------
+    def _begin_stage(self, stage: str):
         if stage == "bind":
             self.frozen = self._anchor_embeddings()
-        window: list[float] = []
         self.model.train()
-        for step in range(max(first, self.start_step), end):
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-            with torch.random.fork_rng(devices=[]):  # DropPath and dropout draw from the global generator
-                torch.manual_seed(self.seed * 1_000_003 + step)
-                losses = self._clip_step(step, g) if stage == "vision-text" else self._bind_step(step, g)
-                loss = sum(losses.values())
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 1.0)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            window.append({k: float(v.detach()) for k, v in losses.items()})
-            done = step + 1
-            if done % self.b.log_every == 0 or done == end:
-                self.last = {k: round(sum(w[k] for w in window) / len(window), 4) for k in window[0]}
-                self.last["stage"] = stage
-                if bar is not None and not bar.disable:
-                    bar.set_postfix({k: v for k, v in self.last.items() if k != "stage"})
-                elif self.main:
-                    log.info("step %d/%d %s %s", done, self.total, stage,
-                             " ".join(f"{k} {v:.4f}" for k, v in self.last.items() if k != "stage"))
-                window = []
-            if bar is not None:
-                bar.update(1)
-            if self.b.save_every and done % self.b.save_every == 0 and done < self.total:
-                self.save(done)
+        return self._optimizer(stage)
+
+    def _step(self, stage: str, step: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+        with torch.random.fork_rng(devices=[]):  # DropPath and dropout draw from the global generator
+            torch.manual_seed(self.seed * 1_000_003 + step)
+            return self._clip_step(step, g) if stage == "vision-text" else self._bind_step(step, g)
+
+    def _parameters(self, stage: str) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def _end_stage(self, stage: str) -> None:
         self.model.eval()
 
     def _batch(self, entries: list, step: int, salt: int) -> list:

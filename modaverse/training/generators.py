@@ -22,7 +22,6 @@ reading top to bottom:
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -34,7 +33,8 @@ from modaverse.checkpoint import MANIFEST
 from modaverse.config import Config
 from modaverse.core.atomic import write_json_atomic
 from modaverse.core.errors import ModaverseError
-from modaverse.training.run import Recipe, check_output, prepare_folder, publish_step, step_folder
+from modaverse.training.run import check_output, prepare_folder, publish_step, step_folder
+from modaverse.training.stages import StagedRecipe
 
 log = logging.getLogger("modaverse")
 
@@ -50,7 +50,7 @@ STATE = "state.pt"
 FORMAT = "modaverse-zoo-train/1"
 
 
-class GeneratorRecipe(Recipe):
+class GeneratorRecipe(StagedRecipe):
     """One capability's training run. ``run()`` = setup, train, finish, cleanup."""
 
     def __init__(self, config: Config, capability: str, *, output_dir: str | Path | None = None,
@@ -59,6 +59,8 @@ class GeneratorRecipe(Recipe):
             raise ModaverseError(f"zoo train: {capability!r} has no training recipe; choose from "
                                  f"{', '.join(CAPABILITIES)}")
         self.config, self.z, self.capability = config, config.zoo_train, capability
+        self.desc = f"zoo train {capability}"
+        self.log_every, self.save_every = self.z.log_every, self.z.save_every
         self.out = Path(output_dir) if output_dir else Path(self.z.output_dir) / capability
         self.seed = self.z.seed if self.z.seed is not None else config.seed
         self.want_resume, self.overwrite = resume, overwrite
@@ -205,70 +207,38 @@ class GeneratorRecipe(Recipe):
         self._resumed = state
         log.info("resumed from %s at step %d", folder, self.start_step)
 
-    # -- 2. train -----------------------------------------------------------------------------------
-    def train(self) -> None:
-        from tqdm.auto import tqdm
+    # -- 2. train (the loop: training/stages.py) ----------------------------------------------------
+    def _skip_stage(self, stage: str) -> None:
+        if stage == "vae" and not self.scaled:  # resumed past the VAE stage: its factor, measured again
+            self._measure_scaling()
 
-        bar = tqdm(total=self.total, initial=self.start_step, unit="step", desc=f"zoo train {self.capability}",
-                   disable=self.bar_off, file=sys.stderr, dynamic_ncols=True)
-        self.last: dict = {}
-        first = 0
-        for stage, steps in self.stages:
-            end = first + steps
-            if self.start_step < end:
-                self._run_stage(stage, first, end, bar)
-            elif stage == "vae" and not self.scaled:  # resumed past the VAE stage: its factor, measured again
-                self._measure_scaling()
-            first = end
-        bar.close()
-
-    def _run_stage(self, stage: str, first: int, end: int, bar) -> None:
+    def _begin_stage(self, stage: str):
         from diffusers import DDPMScheduler
         from diffusers.training_utils import EMAModel
 
-        self.stage = stage
-        module = self._modules()[stage]
         for name, m in self._modules().items():
             m.requires_grad_(name in self._trained(stage))
             m.train(name == stage)  # a text encoder trained alongside stays in eval mode: no dropout
-        self.optimizer, self.scheduler = self._optimizer(stage)
         if stage == "unet":
             self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
-            self.ema = EMAModel(module.parameters(), decay=self.z.ema_decay)
-        resumed = getattr(self, "_resumed", None)
-        # a checkpoint at a stage's first step holds the previous stage's optimizer: this one starts fresh
-        if resumed is not None and first < self.start_step:
-            self.optimizer.load_state_dict(resumed["optimizer"])
-            self.scheduler.load_state_dict(resumed["scheduler"])
-            if self.ema is not None and resumed.get("ema"):
-                self.ema.load_state_dict(resumed["ema"])
-            self._resumed = None
-        window: list[dict] = []
-        for step in range(max(first, self.start_step), end):
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-            losses = getattr(self, f"_{stage}_step")(step, g)
-            sum(losses.values()).backward()
-            torch.nn.utils.clip_grad_norm_(self._parameters(stage), 1.0)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.ema is not None:
-                self.ema.step(module.parameters())
-            window.append({k: float(v.detach()) for k, v in losses.items()})
-            done = step + 1
-            if done % self.z.log_every == 0 or done == end:
-                self.last = {k: round(sum(w[k] for w in window) / len(window), 5) for k in window[0]}
-                if not bar.disable:
-                    bar.set_postfix(self.last)
-                else:
-                    log.info("step %d/%d %s %s", done, self.total, stage,
-                             " ".join(f"{k} {v:.5f}" for k, v in self.last.items()))
-                window = []
-            bar.update(1)
-            if stage == "vae" and done == end:
-                self._measure_scaling()
-            if self.z.save_every and done % self.z.save_every == 0 and done < self.total:
-                self.save(done)
+            self.ema = EMAModel(self._modules()[stage].parameters(), decay=self.z.ema_decay)
+        return self._optimizer(stage)
+
+    def _restore(self, state: dict) -> None:
+        super()._restore(state)
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+
+    def _step(self, stage: str, step: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+        return getattr(self, f"_{stage}_step")(step, g)
+
+    def _after_step(self, stage: str) -> None:
+        if self.ema is not None:
+            self.ema.step(self._modules()[stage].parameters())
+
+    def _end_stage(self, stage: str) -> None:
+        if stage == "vae":
+            self._measure_scaling()
         for name in self._trained(stage):
             self._modules()[name].requires_grad_(False).eval()
 

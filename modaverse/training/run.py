@@ -7,6 +7,7 @@ the uninterrupted one would have.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import shutil
@@ -160,6 +161,14 @@ class Recipe:
     def cleanup(self) -> None:
         # A process group left to interpreter exit tears down gloo's threads mid-flight: a worker can die
         # with SIGABRT ("terminate called without an active exception") after a run that succeeded.
+        # destroy_process_group only forgets the group: DDP's reducer (held by the wrapped model, and
+        # by accelerate's list of prepared objects) keeps its gloo context alive until those go too.
+        acc = self.__dict__.get("acc")
+        if acc is not None:
+            acc.free_memory()
+        for name in ("model", "optimizer", "scheduler"):
+            self.__dict__.pop(name, None)
+        gc.collect()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
