@@ -2,6 +2,7 @@
 
     python benchmarks/roundtrip.py                         # the tiny profile's generators, 20 renders a caption
     python benchmarks/roundtrip.py --set zoo=tiny          # the random tiny generators, for comparison
+    python benchmarks/roundtrip.py --capability text-to-video --loop 0 --name video   # one generator
 
 For each capability: the judges' verdicts on renders of every caption of the synthetic vocabulary,
 beside the same judges on real samples, and the median render time; then the whole loop
@@ -21,12 +22,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def table(report: dict) -> str:
-    rows = ["| capability | judged | renders | real samples |", "|---|---|---|---|"]
+    rows = ["| capability | judged | renders (pixel rules) | real samples (pixel rules) | renders (encoder) "
+            "| real samples (encoder) |", "|---|---|---|---|---|---|"]
+
+    def pct(r: dict, key: str, value: str) -> str:
+        return f"{r[key][value]:.1%}" if value in r.get(key, {}) else "-"
+
     for capability, r in report.items():
         if capability == "loop":
             continue
-        for key, value in r["renders_judged"].items():
-            rows.append(f"| {capability} | {key} | {value:.1%} | {r['real_samples_judged'][key]:.1%} |")
+        for key in dict.fromkeys([*r["renders_judged"], *r.get("renders_encoder_judged", {})]):
+            rows.append(f"| {capability} | {key} | {pct(r, 'renders_judged', key)} | "
+                        f"{pct(r, 'real_samples_judged', key)} | {pct(r, 'renders_encoder_judged', key)} | "
+                        f"{pct(r, 'real_samples_encoder_judged', key)} |")
     timing = ["", "| capability | renders | median render (s) |", "|---|---|---|"]
     timing += [f"| {c} | {r['renders']} | {r['render_seconds_median']} |" for c, r in report.items() if c != "loop"]
     loop = report.get("loop")
@@ -39,6 +47,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="tiny")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--capability", action="append", dest="capabilities", metavar="C",
+                    help="judge only this capability (repeatable; default: every one the judges know)")
     ap.add_argument("--samples", type=int, default=20, help="renders per caption (default 20)")
     ap.add_argument("--loop", type=int, default=40, help="held-out pictures in the whole loop (default 40; 0: none)")
     ap.add_argument("--name", help="suffix of the result files")
@@ -52,7 +62,7 @@ def main() -> None:
 
     config = load_config(args.config, args.overrides)
     t = time.perf_counter()
-    report = roundtrip(config, n=args.samples)
+    report = roundtrip(config, args.capabilities, n=args.samples)
     if args.loop:
         report["loop"] = loop(config, args.loop)
     report["seconds"] = round(time.perf_counter() - t, 1)

@@ -132,6 +132,9 @@ def test_eval_roundtrip_reports_renders_beside_real_samples(tmp_path):
     assert image["renders"] == 12 and audio["renders"] == 4
     assert image["real_samples_judged"]["colour"] >= 0.95 and audio["real_samples_judged"]["sound"] >= 0.95
     assert image["renders_judged"]["shape"] <= 0.5  # noise is no shape
+    # the second judge, the bound encoder, reads real samples right and noise as no particular shape either
+    assert image["real_samples_encoder_judged"]["shape"] >= 0.95 and audio["real_samples_encoder_judged"]["sound"] >= 0.95
+    assert image["renders_encoder_judged"]["shape"] <= 0.5
     assert set(image["per_caption"]) == {p for p, _ in vocabulary("text-to-image")}
     one_line_error(run_cli("eval", "roundtrip", "--capability", "text-to-smell"), "text-to-smell")
 
@@ -180,3 +183,17 @@ def test_the_shipped_image_generator_draws_what_it_is_asked(tmp_path):
         picture = np.asarray(Image.open(next(out.glob("*.png"))).convert("RGB"))
         assert picture.shape == (32, 32, 3)
         assert judges.objects(picture) == [(colour, shape)], (colour, shape)
+
+
+def test_the_shipped_video_generator_animates_what_it_is_asked(tmp_path):
+    """The offline profiles' text-to-video (configs/checkpoints/zoo/text-to-video) moves the asked shape
+    the asked way: the judges read back the colour and the direction of motion of each clip."""
+    from modaverse.evaluation.roundtrip import read_video
+
+    for colour, shape, direction in [("blue", "circle", "left"), ("green", "ring", "down")]:
+        out = tmp_path / f"{colour}-{direction}"
+        r = run_cli("render", "text-to-video", f"a {colour} {shape} moving {direction}", "-o", out, "-p", "seed=1")
+        assert r.returncode == 0, r.stderr
+        frames = read_video(next(out.glob("*.mp4")))
+        assert frames.shape == (8, 32, 32, 3)
+        assert judges.colour(frames[4]) == colour and judges.direction(frames) == direction, (colour, direction)

@@ -182,9 +182,10 @@ def register(sub) -> None:
     q = esub.add_parser("roundtrip", help="does a render show what its prompt named (the zoo's generators)",
                         description="Renders every caption of the synthetic world's vocabulary SAMPLES times with "
                         "each capability of the config's zoo (text-to-image, text-to-video, text-to-audio, "
-                        "image-editing), reads the files back and judges them with checks that need no network "
+                        "image-editing), reads the files back and judges each twice: with checks that need no network "
                         "(colours, shape outlines, the centroid's path, pitch and spectral flatness, pixels kept "
-                        "by an edit), beside the same judges on real samples of the world (docs/zoo.md).")
+                        "by an edit) and with the config's bound encoder, zero-shot; both judges also score real "
+                        "samples of the world (docs/zoo.md).")
     add_config_args(q)
     q.add_argument("--capability", action="append", metavar="CAP", help="only this capability (repeatable)")
     q.add_argument("--samples", type=count, default=20, metavar="N", help="renders per caption (default 20; 0: none)")

@@ -2,9 +2,9 @@
 
 For each capability of the config's zoo that the synthetic world has words for, every caption of
 its vocabulary is rendered ``samples`` times (seeds 0..N-1) through the zoo, as the assistant would
-render it (files written and read back), and each render is judged by :mod:`.judges`. The same
-judges score real samples of the world beside it, so a judge's own error is never mistaken for the
-generator's. :func:`loop` closes the circle through the assistant itself: a held-out picture is
+render it (files written and read back), and each render is judged twice: by the pixel rules of
+:mod:`.judges` and by the bound encoder (:mod:`.encoder_judge`). Both judges score real samples of
+the world beside it, so a judge's own error is never mistaken for the generator's. :func:`loop` closes the circle through the assistant itself: a held-out picture is
 drawn again ("Draw a picture like <media>.") and the drawing described ("Describe <media>.").
 """
 
@@ -58,7 +58,7 @@ def _image_scores(img: np.ndarray, content: dict, source: np.ndarray | None = No
 
 
 def _video_scores(frames: np.ndarray, content: dict, source: np.ndarray | None = None) -> dict[str, bool]:
-    scores = {"colour": judges.colour(frames[len(frames) // 2]) == content["colour"]}
+    scores = _image_scores(frames[len(frames) // 2], content)  # colour and shape, on the middle frame
     if content.get("motion"):
         scores["direction"] = judges.direction(frames) == content["motion"]
     return scores
@@ -111,19 +111,23 @@ def roundtrip(config: Config, capabilities: list[str] | None = None, n: int = 20
     """Per capability: each judge's accuracy on renders (overall and per caption) and on real samples."""
     from tqdm.auto import tqdm
 
+    from modaverse.evaluation.encoder_judge import EncoderJudge
     from model_zoo.zoo import Zoo
 
     zoo = Zoo.from_config(config)
     wanted = capabilities or [c for c in zoo.capabilities if c in CHECKS]
-    report: dict = {}
     for capability in wanted:
         if capability not in CHECKS:
             raise ModaverseError(f"eval roundtrip: the synthetic world has no vocabulary for {capability!r}; "
                                  f"choose from {', '.join(CHECKS)}")
+    encoder = EncoderJudge(config)
+    report: dict = {}
+    for capability in wanted:
         read, judge, real = CHECKS[capability]
-        truth = [judge(*real(i)) for i in range(REAL)]
+        reals = [real(i) for i in range(REAL)]
+        truth = [judge(*r) for r in reals]
         jobs = _jobs(capability, n)
-        per_caption, rows, seconds = defaultdict(list), [], []
+        per_caption, rows, seconds, files_judged = defaultdict(list), [], [], []
         with tempfile.TemporaryDirectory(prefix="modaverse-roundtrip-") as tmp:
             bar = tqdm(jobs, desc=capability, disable=None if progress is None else not progress)
             for k, (prompt, content, source, seed) in enumerate(bar):
@@ -136,13 +140,21 @@ def roundtrip(config: Config, capabilities: list[str] | None = None, n: int = 20
                 scores = judge(read(files[0]), content, source)
                 rows.append(scores)
                 per_caption[prompt].append(scores)
-        zoo.unload_all()
-        report[capability] = {
-            "renders": len(rows), "samples_per_caption": n,
-            "render_seconds_median": round(float(np.median(seconds)), 3),
-            "renders_judged": _summarise(rows), "real_samples_judged": _summarise(truth),
-            "per_caption": {p: _summarise(r) for p, r in per_caption.items()},
-        }
+                files_judged.append(files[0])
+            zoo.unload_all()
+            report[capability] = {
+                "renders": len(rows), "samples_per_caption": n,
+                "render_seconds_median": round(float(np.median(seconds)), 3),
+                "renders_judged": _summarise(rows), "real_samples_judged": _summarise(truth),
+                "per_caption": {p: _summarise(r) for p, r in per_caption.items()},
+            }
+            if not encoder.available:
+                report[capability]["note"] = "no encoder judge: the config's text tower has no trained tokenizer"
+            else:  # the second judge, on the same files and the same real samples
+                contents = [content for _, content, _, _ in jobs]
+                report[capability]["renders_encoder_judged"] = _summarise(encoder(capability, files_judged, contents))
+                report[capability]["real_samples_encoder_judged"] = _summarise(
+                    encoder.real(capability, [a for a, _, _ in reals], [c for _, c, _ in reals]))
     return report
 
 
