@@ -115,14 +115,6 @@ class AudioGeneratorRecipe(GeneratorRecipe):
         losses["stft"] = stft / 3
         return losses
 
-    def _modules(self) -> dict[str, torch.nn.Module]:
-        return {**super()._modules(), "text_encoder": self.pipe.text_encoder}
-
-    def _trained(self, stage: str) -> tuple[str, ...]:
-        """The UNet stage trains the CLAP text encoder too: seeded at random, it gives the four sound
-        captions nearly the same normalised embedding, and the UNet then learns no condition."""
-        return ("unet", "text_encoder") if stage == "unet" else (stage,)
-
     def _encode_text(self, captions: list[str]) -> torch.Tensor:
         """AudioLDM's conditioning: the CLAP projection, L2-normalised (its pipeline's ``encode_prompt``)."""
         tok = self.pipe.tokenizer
