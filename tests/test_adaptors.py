@@ -33,6 +33,23 @@ def test_tokens_per_input_and_projector_strings():
         a("audio", torch.randn(1, 32))
 
 
+def test_a_tokenwise_projector_shares_its_later_layers_between_tokens():
+    """Only the first layer of mlpNx_gelu_tokenwise grows with the tokens: at 4 tokens into 576 it is
+    about a tenth of LLaVA's mlp2x_gelu, and each token's later layers are the same function."""
+    wide, lean = (build_projector(s, 64, 576, 4) for s in ("mlp2x_gelu", "mlp2x_gelu_tokenwise"))
+    count = [sum(p.numel() for p in m.parameters()) for m in (wide, lean)]
+    assert count[1] == 64 * 576 * 4 + 576 * 4 + 576 * 576 + 576 and count[1] * 10 < count[0]
+    x = torch.randn(3, 64)
+    tokens = lean(x).unflatten(-1, (4, 576))
+    first = lean.first(x).unflatten(-1, (4, 576))
+    assert torch.allclose(tokens[:, 2], lean.rest(first[:, 2]), atol=1e-6)
+    a = Adaptors(["image"], 64, 576, projector="mlp2x_gelu_tokenwise", tokens_per_input=4)
+    assert a("image", x).shape == (3, 4, 576)
+    assert load_config("tiny", ["adaptor.projector=mlp3x_gelu_tokenwise"]).adaptor.projector == "mlp3x_gelu_tokenwise"
+    with pytest.raises(Exception, match="unknown projector"):
+        load_config("tiny", ["adaptor.projector=mlp2x_relu_tokenwise"])
+
+
 def test_from_config():
     cfg = load_config("tiny", ["adaptor.tokens_per_input=2"]).adaptor
     a = Adaptors.from_config(cfg, ["image", "audio"], 32, 64)

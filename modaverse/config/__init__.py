@@ -111,7 +111,9 @@ class EncoderConfig(Settings):
 class AdaptorConfig(Settings):
     """Projection of ImageBind embeddings into the LLM (``adaptor:``)."""
 
-    projector: str = Field("linear", description="linear, or mlpNx_gelu (LLaVA-style config string)")
+    projector: str = Field("linear", description="linear, mlpNx_gelu (LLaVA-style config string, every layer "
+                           "tokens x hidden wide) or mlpNx_gelu_tokenwise (only the first layer that wide, the rest "
+                           "shared by each token)")
     shared: bool = Field(False, description="one projection for all modalities (PandaGPT / official ModaVerse)")
     tokens_per_input: int = Field(1, ge=1, description="soft tokens each input becomes")
     standardize: bool = Field(
@@ -120,8 +122,9 @@ class AdaptorConfig(Settings):
     @field_validator("projector")
     @classmethod
     def _known_projector(cls, v: str) -> str:
-        if not re.fullmatch(r"linear|mlp[1-9]\d*x_gelu", v):
-            raise ValueError(f"unknown projector {v!r}; use 'linear' or 'mlp<N>x_gelu' (e.g. mlp2x_gelu)")
+        if not re.fullmatch(r"linear|mlp[1-9]\d*x_gelu(_tokenwise)?", v):
+            raise ValueError(f"unknown projector {v!r}; use 'linear', 'mlp<N>x_gelu' (e.g. mlp2x_gelu) or "
+                             "'mlp<N>x_gelu_tokenwise'")
         return v
 
 
