@@ -42,8 +42,8 @@ test: setup-dev
 
 # The main job on the offline smol profile: SmolLM2-135M-Instruct with LoRA, marker rows and adaptors
 # trained on the synthetic set (configs/checkpoints/smol): new synthetic inputs the model has never
-# seen, a description, a question and a generation request whose video is rendered by the tiny
-# generator; then its held-out scores, and one paper benchmark (COCO captioning's table) run over a
+# seen, a description, a question, a drawing and an animation rendered by the trained tiny
+# generators; then its held-out scores, and one paper benchmark (COCO captioning's table) run over a
 # small synthetic set in the dataset layout.
 DEMO := demo-out
 PROFILE := smol
@@ -76,7 +76,7 @@ demo: setup
 	@echo "== Draw a picture like this one ($(DEMO)/inputs/media/image-00006.png, which shows $(call SHOWS,image-00006.png); drawn by the trained tiny text-to-image generator)"
 	@$(BIN)/modaverse generate "Draw a picture like <media>." -i $(DEMO)/inputs/media/image-00006.png \
 		--config $(PROFILE) --output-dir $(DEMO)/draw --force
-	@echo "== Animate this picture ($(DEMO)/inputs/media/image-00018.png, which shows $(call SHOWS,image-00018.png); the tiny video generator renders noise)"
+	@echo "== Animate this picture ($(DEMO)/inputs/media/image-00018.png, which shows $(call SHOWS,image-00018.png); animated by the trained tiny text-to-video generator)"
 	@$(BIN)/modaverse generate "Animate <media>." -i $(DEMO)/inputs/media/image-00018.png \
 		--config $(PROFILE) --output-dir $(DEMO)/animate --force
 	@echo "== Scored on 48 new synthetic conversations: media-bearing ones (text-only ones need no input)"
