@@ -114,7 +114,7 @@ tiny-encoder: setup
 	rm -rf configs/checkpoints/imagebind-tiny112 && mkdir -p configs/checkpoints && \
 		cp -r runs/tiny-encoder configs/checkpoints/imagebind-tiny112
 
-# Re-train the shipped weights from scratch: tiny about 18 minutes, smol about 31 minutes on a 2-core CPU,
+# Re-train the shipped weights from scratch: tiny about 18 minutes, smol about 34 minutes on a 2-core CPU,
 # one thread each, side by side
 # (docs/training.md, "What the shipped checkpoints learned").
 tiny-checkpoint smol-checkpoint: %-checkpoint: setup
