@@ -19,15 +19,6 @@ from collections import defaultdict
 import numpy as np
 
 
-def flatness(wave: np.ndarray, n: int = 512) -> float:
-    """Mean spectral flatness of the loud frames (0 for a pure tone, about 0.56 for white noise)."""
-    frames = np.lib.stride_tricks.sliding_window_view(wave, n)[:: n // 2] * np.hanning(n)
-    power = np.abs(np.fft.rfft(frames, axis=-1)) ** 2 + 1e-10
-    energy = power.sum(-1)
-    p = power[energy > 0.1 * energy.max()]
-    return float(np.mean(np.exp(np.log(p).mean(-1)) / p.mean(-1)))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", help="a diffusers AudioLDM folder (zoo train's final/)")
@@ -51,8 +42,8 @@ def main() -> None:
             out = vocoder(recipe.log_mel(torch.from_numpy(s.array)[None].float()))[0].numpy()
         rows[s.content["sound"]].append({
             "named": judges.sound(out), "rms": float(np.sqrt(np.mean(out**2))),
-            "real_rms": float(np.sqrt(np.mean(s.array**2))), "flatness": flatness(out),
-            "real_flatness": flatness(s.array)})
+            "real_rms": float(np.sqrt(np.mean(s.array**2))), "flatness": judges.flatness(judges.loud_power(out)),
+            "real_flatness": judges.flatness(judges.loud_power(s.array))})
     kinds = {k: {"sounds": len(v), "named_right": sum(r["named"] == k for r in v),
                  **{f: round(float(np.median([r[f] for r in v])), 4)
                     for f in ("rms", "real_rms", "flatness", "real_flatness")}} for k, v in sorted(rows.items())}

@@ -59,6 +59,12 @@ def class_prompts(modality: str, attribute: str) -> dict[str, list[str]]:
     return {v: [t for facts, t in captions if facts[attribute] == v] for v in values}
 
 
+def class_embeddings(encoder, prompts: dict[str, list[str]]) -> torch.Tensor:
+    """``[classes, D]``: each class's prompt ensemble, its normalised text embeddings averaged, normalised."""
+    return torch.stack([F.normalize(F.normalize(encoder.embed_text(ts), dim=-1).mean(0), dim=0)
+                        for ts in prompts.values()])
+
+
 def _label(entry, attribute: str) -> str | None:
     if attribute == "objects":
         return entry.caption if entry.labels.get("others") else None
@@ -140,8 +146,7 @@ def evaluate_binding(config: Config, data: str | Path, probe_data: str | Path | 
         for attribute in attributes:
             prompts = class_prompts(modality, attribute)
             names = list(prompts)
-            text = torch.stack([F.normalize(F.normalize(encoder.embed_text(ts), dim=-1).mean(0), dim=0)
-                                for ts in prompts.values()])
+            text = class_embeddings(encoder, prompts)
             labelled = [i for i in rows if _label(held[i], attribute) in prompts]
             if not labelled:
                 continue

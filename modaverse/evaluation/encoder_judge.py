@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from modaverse.config import Config
-from modaverse.evaluation.binding import class_prompts
+from modaverse.evaluation.binding import class_embeddings, class_prompts
 
 #: capability -> (modality its files are read as, {verdict: the attributes that must all be named right}).
 READS: dict[str, tuple[str, dict[str, tuple[str, ...]]]] = {
@@ -45,9 +45,7 @@ class EncoderJudge:
         key = (modality, attribute)
         if key not in self._prompts:
             prompts = class_prompts(modality, attribute)
-            text = torch.stack([F.normalize(F.normalize(self.encoder.embed_text(ts), dim=-1).mean(0), dim=0)
-                                for ts in prompts.values()])
-            self._prompts[key] = list(prompts), text
+            self._prompts[key] = list(prompts), class_embeddings(self.encoder, prompts)
         return self._prompts[key]
 
     @torch.no_grad()

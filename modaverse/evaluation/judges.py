@@ -104,23 +104,33 @@ def direction(frames: np.ndarray) -> str | None:
     return "down" if dy > 0 else "up"
 
 
+FRAME = 512  # samples per analysis frame of a sound
+
+
+def loud_power(x: np.ndarray) -> np.ndarray:
+    """Power spectra ``[frames, FRAME // 2 + 1]`` of a mono waveform's frames within 10 dB of its loudest."""
+    frames = np.lib.stride_tricks.sliding_window_view(x, FRAME)[:: FRAME // 2] * np.hanning(FRAME)
+    power = np.abs(np.fft.rfft(frames, axis=-1)) ** 2 + 1e-10
+    energy = power.sum(-1)
+    return power[energy > 0.1 * energy.max()]
+
+
+def flatness(power: np.ndarray) -> float:
+    """Mean spectral flatness of power spectra: 0 for a pure tone, about 0.56 for white noise."""
+    return float(np.mean(np.exp(np.log(power).mean(-1)) / power.mean(-1)))
+
+
 def sound(wave: np.ndarray, rate: int = scenes.AUDIO_RATE) -> str | None:
     """low, high, noise or chirp from a mono or stereo waveform."""
     x = wave.mean(-1) if wave.ndim == 2 else wave
-    n = 512
-    if len(x) < 4 * n or np.sqrt(np.mean(x**2)) < 1e-3:  # too short, or silence
+    if len(x) < 4 * FRAME or np.sqrt(np.mean(x**2)) < 1e-3:  # too short, or silence
         return None
-    frames = np.lib.stride_tricks.sliding_window_view(x, n)[:: n // 2] * np.hanning(n)
-    power = np.abs(np.fft.rfft(frames, axis=-1)) ** 2 + 1e-10
-    energy = power.sum(-1)
-    loud = energy > 0.1 * energy.max()
-    if loud.sum() < 2:
+    p = loud_power(x)
+    if len(p) < 2:
         return None
-    p = power[loud]
-    flatness = float(np.mean(np.exp(np.log(p).mean(-1)) / p.mean(-1)))
-    if flatness > 0.2:
+    if flatness(p) > 0.2:
         return "noise"
-    freqs = np.fft.rfftfreq(n, 1 / rate)[np.argmax(p, -1)]
+    freqs = np.fft.rfftfreq(FRAME, 1 / rate)[np.argmax(p, -1)]
     k = max(1, len(freqs) // 4)
     start, end = np.median(freqs[:k]), np.median(freqs[-k:])
     if end > 2 * max(start, 1.0):
