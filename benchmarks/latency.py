@@ -45,10 +45,10 @@ ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "fixtures" / "imagebind"
 STAGES = ["encode", "project", "prefill", "decode", "parse", "render"]
 
-VICUNA_7B = {  # Llama-2-7B shapes (lmsys/vicuna-7b-v1.5 config.json)
-    "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
-    "num_key_value_heads": 32, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
-}
+#: Llama-2-7B shapes: lmsys/vicuna-7b-v1.5's config.json, as benchmarks/memory_plan.py reads it
+VICUNA_7B = {k: json.loads((ROOT / "configs" / "llm" / "vicuna-7b-v1.5.json").read_text())[k] for k in (
+    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+    "max_position_embeddings", "rms_norm_eps")}
 
 
 def big_tokenizer(vocab_size: int = 32000):
