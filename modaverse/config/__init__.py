@@ -290,7 +290,7 @@ class BindConfig(Settings):
 
 #: Each tiny generator's stages and their steps: each run under 45 minutes on a 2-core CPU (docs/zoo.md).
 GENERATOR_STEPS = {"text-to-image": {"vae": 1000, "unet": 7000}, "text-to-video": {"unet": 3000},
-                   "image-editing": {"unet": 5000}, "text-to-audio": {"vae": 1000, "vocoder": 2000, "unet": 3000}}
+                   "image-editing": {"unet": 5000}, "text-to-audio": {"vae": 1000, "vocoder": 4000, "unet": 3000}}
 
 
 class ZooTrainConfig(Settings):
@@ -317,7 +317,8 @@ class ZooTrainConfig(Settings):
     audio_batch_size: int = Field(16, ge=1, description="sounds per step (text-to-audio)")
     audio_vae_channels: list[int] = Field(default_factory=lambda: [16, 32, 32],
                                           description="mel VAE block widths (a log-mel is 4x a picture's pixels)")
-    vocoder_channels: int = Field(32, ge=8, description="HiFi-GAN vocoder: channels before its first upsampling")
+    vocoder_channels: int = Field(128, ge=8, description="HiFi-GAN vocoder: channels before its first upsampling "
+                                  "(at 32, 2,000 steps still left tones silent)")
     lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW), warmup then cosine, per stage")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="share of each stage's steps warming up")
     caption_dropout: float = Field(0.1, ge=0, lt=1, description="share of captions replaced by the empty prompt")
