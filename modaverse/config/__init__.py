@@ -321,6 +321,10 @@ class ZooTrainConfig(Settings):
                                   "(at 32, 2,000 steps still left tones silent)")
     lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW), warmup then cosine, per stage")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="share of each stage's steps warming up")
+    prediction_type: Literal["epsilon", "v_prediction"] = Field(
+        "epsilon", description="what the UNet learns to predict: the noise (Stable Diffusion 1.x) or the velocity "
+        "(2.x), whose loss stays large at the noisiest steps, where layout and motion are decided; written into the "
+        "pipeline's scheduler config")
     caption_dropout: float = Field(0.1, ge=0, lt=1, description="share of captions replaced by the empty prompt")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the UNet's weights (what ships)")
     kl_weight: float = Field(1e-4, ge=0, description="VAE: weight of the KL term beside the reconstruction")

@@ -227,7 +227,8 @@ class GeneratorRecipe(StagedRecipe):
         for name, m in self._modules().items():
             m.requires_grad_(name in self._trained(stage))
             m.train(name == stage)  # a text encoder trained alongside stays in eval mode: no dropout
-        if stage == "unet":
+        if stage == "unet":  # the pipeline's scheduler says what the UNet predicts, for training and rendering
+            self.pipe.scheduler.register_to_config(prediction_type=self.z.prediction_type)
             self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
             self.ema = EMAModel(self._modules()[stage].parameters(), decay=self.z.ema_decay)
         return self._optimizer(stage)
@@ -324,6 +325,8 @@ class GeneratorRecipe(StagedRecipe):
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         if source is not None:
             noisy = torch.cat([noisy, image], dim=1)
+        if self.z.prediction_type == "v_prediction":
+            return {"v_mse": F.mse_loss(self._predict(noisy, t, cond), self.noise_scheduler.get_velocity(latents, noise, t))}
         return {"noise_mse": F.mse_loss(self._predict(noisy, t, cond), noise)}
 
     def _predict(self, noisy: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
