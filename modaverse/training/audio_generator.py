@@ -20,7 +20,7 @@ so AudioLDM's 100 frames a second), ``log10(max(mel, 1e-5))``, as SpeechT5's HiF
 
 from __future__ import annotations
 
-from functools import cached_property, lru_cache
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -77,13 +77,9 @@ class AudioGeneratorRecipe(GeneratorRecipe):
         return AudioLDMPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=tiny.scheduler(),
                                 vocoder=vocoder)
 
-    @cached_property
-    def _mel_basis(self) -> torch.Tensor:
-        return _mel_basis(N_FFT, MELS)
-
     def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
         """``[B, samples]`` -> ``[B, frames, MELS]``, one frame per hop (the vocoder's input)."""
-        return _log_mel(wave, N_FFT, HOP, self._mel_basis)[:, : wave.shape[-1] // HOP]
+        return _log_mel(wave, N_FFT, HOP, _mel_basis(N_FFT, MELS))[:, : wave.shape[-1] // HOP]
 
     def _waves(self, step: int) -> tuple[list[str], torch.Tensor]:
         from modaverse.data import samples

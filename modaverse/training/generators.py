@@ -326,8 +326,10 @@ class GeneratorRecipe(StagedRecipe):
         if source is not None:
             noisy = torch.cat([noisy, image], dim=1)
         if self.z.prediction_type == "v_prediction":
-            return {"v_mse": F.mse_loss(self._predict(noisy, t, cond), self.noise_scheduler.get_velocity(latents, noise, t))}
-        return {"noise_mse": F.mse_loss(self._predict(noisy, t, cond), noise)}
+            name, target = "v_mse", self.noise_scheduler.get_velocity(latents, noise, t)
+        else:
+            name, target = "noise_mse", noise
+        return {name: F.mse_loss(self._predict(noisy, t, cond), target)}
 
     def _predict(self, noisy: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.pipe.unet(noisy, t, encoder_hidden_states=cond).sample
