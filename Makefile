@@ -129,7 +129,7 @@ tiny-checkpoint smol-checkpoint: %-checkpoint: setup
 GENERATORS := text-to-image text-to-video image-editing text-to-audio
 tiny-generators: setup
 	rm -rf runs/zoo-train
-	for cap in $(GENERATORS); do $(BIN)/modaverse zoo train $$cap --output-dir runs/zoo-train/$$cap || exit 1; done
+	$(BIN)/modaverse zoo train $(GENERATORS)
 	rm -rf configs/checkpoints/zoo && mkdir -p configs/checkpoints/zoo && \
 		for cap in $(GENERATORS); do cp -r runs/zoo-train/$$cap/final configs/checkpoints/zoo/$$cap; done
 

@@ -78,7 +78,7 @@ def _wait_for_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float =
     raise AssertionError(f"{path} never reached {n} lines")
 
 
-def test_kill_mid_run_and_rerun_give_the_same_table(datasets, tmp_path):
+def test_kill_mid_run_and_rerun_give_the_same_table(datasets, tiny_pipe, tmp_path):
     """A real SIGKILL of the console script while it renders, then the same command again."""
     exe = Path(sys.executable).parent / "modaverse"
     args = [str(exe), "eval", "run", "coco-t2i", "--data", str(datasets["image"])]
@@ -91,10 +91,11 @@ def test_kill_mid_run_and_rerun_give_the_same_table(datasets, tmp_path):
     assert not (tmp_path / "killed" / "results.md").exists()
     again = subprocess.run(args + ["-o", str(tmp_path / "killed")], capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stderr
-    whole = subprocess.run(args + ["-o", str(tmp_path / "whole")], capture_output=True, text=True, env=env)
-    assert whole.returncode == 0, whole.stderr
+    # the uninterrupted run, in this process: the command's default profile (tiny)
+    whole = run_benchmark("coco-t2i", datasets["image"], tiny_pipe.config, tmp_path / "whole", progress=False,
+                          pipe=tiny_pipe)
     assert (tmp_path / "killed" / "results.md").read_text() == (tmp_path / "whole" / "results.md").read_text()
-    assert json.loads(again.stdout)["columns"] == json.loads(whole.stdout)["columns"]
+    assert json.loads(again.stdout)["columns"] == whole["columns"]
     assert "| ModaVerse (paper) | 11.24 |" in again.stderr  # the table is shown, not only written
 
 

@@ -111,9 +111,8 @@ def test_bind_trains_every_tower_and_resumes_exactly(world, tmp_path):
     assert "bind:" in r.stderr and "vision_text" in r.stderr and "thermal" in r.stderr
     swaps = re.search(r"\((\d+) caption\(s\) with a swapped hard negative\)", r.stderr)
     assert swaps and int(swaps[1]) > 0, r.stderr  # two-object pictures' captions
-    # the same run cut back to its step-4 checkpoint (inside the vision-text stage) resumes to the same towers
-    r = run_cli("bind", "--config", "tiny-bind", "--pairs", pairs, "-o", b, *SMALL)
-    assert r.returncode == 0, r.stderr
+    # a copy of the run cut back to its step-4 checkpoint (inside the vision-text stage) resumes to the same towers
+    shutil.copytree(a, b)
     shutil.rmtree(b / "final")
     shutil.rmtree(b / "step-000008")
     (b / "latest").write_text("step-000004\n")

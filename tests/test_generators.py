@@ -76,6 +76,15 @@ def test_zoo_train_refuses_bad_input_in_one_line(args, needles, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def _render(capability: str, prompt: str, params: dict, out, *overrides: str, inputs=()) -> list:
+    """One render through the zoo the CLI's ``render`` uses, in this process (the CLI itself is tested in
+    test_zoo): a diffusers import paid once, not per render."""
+    from modaverse.config import load_config
+    from model_zoo.zoo import Zoo
+
+    return Zoo.from_config(load_config("tiny", list(overrides))).render(capability, prompt, params, out, list(inputs))
+
+
 def test_zoo_train_resumes_exactly_and_the_real_plugin_renders_its_folder(tmp_path):
     from safetensors.torch import load_file
 
@@ -89,12 +98,11 @@ def test_zoo_train_resumes_exactly_and_the_real_plugin_renders_its_folder(tmp_pa
     assert index["_class_name"] == "StableDiffusionPipeline"
     factor = json.loads((a / "final" / "vae" / "config.json").read_text())["scaling_factor"]
     assert factor != 0.18215  # measured on this VAE's latents, not SD's constant
-    # cut back to a checkpoint inside the UNet stage (optimizer and EMA restored), then to the one at the
-    # end of the VAE stage (the UNet's optimizer starts fresh, the VAE's scaling factor is kept): each
-    # resumes to the same weights as the uninterrupted run
-    r = run_cli("zoo", "train", "text-to-image", "-o", b, *SMALL)
-    assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in b.glob("step-*")) == ["step-000002", "step-000003"]
+    # a copy of the run cut back to a checkpoint inside the UNet stage (optimizer and EMA restored), then to
+    # the one at the end of the VAE stage (the UNet's optimizer starts fresh, the VAE's scaling factor is
+    # kept): each resumes to the same weights as the uninterrupted run
+    assert sorted(p.name for p in a.glob("step-*")) == ["step-000002", "step-000003"]
+    shutil.copytree(a, b)
     for cut in ("step-000003", "step-000002"):
         shutil.rmtree(b / "final")
         for later in b.glob("step-*"):
@@ -111,14 +119,10 @@ def test_zoo_train_resumes_exactly_and_the_real_plugin_renders_its_folder(tmp_pa
     # a finished run is not overwritten by accident
     one_line_error(run_cli("zoo", "train", "text-to-image", "-o", a, *SMALL), "--overwrite")
     # the folder is a diffusers checkpoint: the real stable-diffusion plug-in loads and renders it
-    out = tmp_path / "render"
-    r = run_cli("render", "text-to-image", "a red circle", "--set", "zoo.text-to-image.plugin=stable-diffusion",
-                "--set", f"zoo.text-to-image.model={a / 'final'}", "-o", out, "-p", "steps=2", "-p", "width=32",
-                "-p", "height=32")
-    assert r.returncode == 0, r.stderr
+    png, = _render("text-to-image", "a red circle", {"steps": 2, "width": 32, "height": 32}, tmp_path / "render",
+                   "zoo.text-to-image.plugin=stable-diffusion", f"zoo.text-to-image.model={a / 'final'}")
     from PIL import Image
 
-    png = next(out.glob("*.png"))
     assert Image.open(png).size == (32, 32)
 
 
@@ -144,31 +148,37 @@ def test_video_editing_and_audio_train_and_their_real_plugins_render(tmp_path):
     that the real plug-in (text-to-video-ms, instruct-pix2pix, audioldm) loads and renders."""
     root = tmp_path / "zoo"
     tiny = [*SMALL, "--set", f"zoo_train.output_dir={root}", "--set", "zoo_train.video_batch_size=2",
-            "--set", "zoo_train.vocoder_channels=16", "--set", "zoo_train.audio_batch_size=4", "--max-steps", "2"]
+            "--set", "zoo_train.vocoder_channels=16", "--set", "zoo_train.audio_batch_size=4",
+            "--set", "zoo_train.vocoder_batch_size=2", "--max-steps", "2"]
     one_line_error(run_cli("zoo", "train", "text-to-video", *tiny), "text-to-image", "first")
-    for capability in ("text-to-image", "text-to-video", "image-editing", "text-to-audio"):
-        # video learns the velocity instead of the noise: the saved scheduler tells the pipeline so
-        v = ["--set", "zoo_train.prediction_type=v_prediction"] if capability == "text-to-video" else []
-        r = run_cli("zoo", "train", capability, *tiny, *v)
-        assert r.returncode == 0, r.stderr
-        assert (root / capability / "final" / "model_index.json").is_file()
+    one_line_error(run_cli("zoo", "train", "text-to-image", "text-to-video", "-o", tmp_path / "x", *tiny),
+                   "--output-dir", "several")
+    # one command trains all four, text-to-image first though named last; video learns the velocity
+    r = run_cli("zoo", "train", "text-to-video", "image-editing", "text-to-audio", "text-to-image", *tiny,
+                "--set", "zoo_train.prediction_type=v_prediction")
+    assert r.returncode == 0, r.stderr
+    trained = [json.loads(line)["capability"] for line in r.stdout.splitlines()]
+    assert trained == ["text-to-image", "text-to-video", "image-editing", "text-to-audio"]
+    assert all((root / c / "final" / "model_index.json").is_file() for c in trained)
     scheduler = json.loads((root / "text-to-video" / "final" / "scheduler" / "scheduler_config.json").read_text())
-    assert scheduler["prediction_type"] == "v_prediction"
+    assert scheduler["prediction_type"] == "v_prediction"  # the saved scheduler tells the pipeline so
     assert "v_mse" in json.loads((root / "text-to-video" / "summary.json").read_text())["last"]
     picture = tmp_path / "in.png"
     from PIL import Image
 
+    from modaverse.config import load_config
+    from modaverse.media import load_media
+
     Image.fromarray(samples.image(0, 0, 32, pair_share=0.0).array).save(picture)
     for capability, plugin, params, suffix in (
-            ("text-to-video", "text-to-video-ms", ["-p", "frames=4", "-p", "width=32", "-p", "height=32"], ".mp4"),
-            ("image-editing", "instruct-pix2pix", ["-p", "width=32", "-p", "height=32", "-i", picture], ".png"),
-            ("text-to-audio", "audioldm", ["-p", "duration=1.28"], ".wav")):
-        out = tmp_path / capability
-        r = run_cli("render", capability, "make it blue" if capability == "image-editing" else "a red circle moving",
-                    "--set", f"zoo.{capability}.plugin={plugin}", "--set",
-                    f"zoo.{capability}.model={root / capability / 'final'}", "-o", out, "-p", "steps=2", *params)
-        assert r.returncode == 0, r.stderr
-        assert next(out.glob(f"*{suffix}")).stat().st_size > 0
+            ("text-to-video", "text-to-video-ms", {"frames": 4, "width": 32, "height": 32}, ".mp4"),
+            ("image-editing", "instruct-pix2pix", {"width": 32, "height": 32}, ".png"),
+            ("text-to-audio", "audioldm", {"duration": 1.28}, ".wav")):
+        inputs = [load_media(picture, None, load_config("tiny").media)] if capability == "image-editing" else []
+        files = _render(capability, "make it blue" if inputs else "a red circle moving", {"steps": 2, **params},
+                        tmp_path / capability, f"zoo.{capability}.plugin={plugin}",
+                        f"zoo.{capability}.model={root / capability / 'final'}", inputs=inputs)
+        assert files[0].suffix == suffix and files[0].stat().st_size > 0
     import soundfile
 
     wave, rate = soundfile.read(str(next((tmp_path / "text-to-audio").glob("*.wav"))))
@@ -182,10 +192,8 @@ def test_the_shipped_image_generator_draws_what_it_is_asked(tmp_path):
 
     asked = [("red", "circle"), ("green", "triangle"), ("blue", "ring"), ("yellow", "triangle")]
     for colour, shape in asked:
-        out = tmp_path / f"{colour}-{shape}"
-        r = run_cli("render", "text-to-image", f"a {colour} {shape}, flat illustration", "-o", out, "-p", "seed=1")
-        assert r.returncode == 0, r.stderr
-        picture = np.asarray(Image.open(next(out.glob("*.png"))).convert("RGB"))
+        png, = _render("text-to-image", f"a {colour} {shape}, flat illustration", {"seed": 1}, tmp_path / colour)
+        picture = np.asarray(Image.open(png).convert("RGB"))
         assert picture.shape == (32, 32, 3)
         assert judges.objects(picture) == [(colour, shape)], (colour, shape)
 
@@ -196,10 +204,8 @@ def test_the_shipped_video_generator_animates_what_it_is_asked(tmp_path):
     from modaverse.evaluation.roundtrip import read_video
 
     for colour, shape, direction in [("blue", "circle", "left"), ("green", "ring", "down")]:
-        out = tmp_path / f"{colour}-{direction}"
-        r = run_cli("render", "text-to-video", f"a {colour} {shape} moving {direction}", "-o", out, "-p", "seed=1")
-        assert r.returncode == 0, r.stderr
-        frames = read_video(next(out.glob("*.mp4")))
+        mp4, = _render("text-to-video", f"a {colour} {shape} moving {direction}", {"seed": 1}, tmp_path / colour)
+        frames = read_video(mp4)
         assert frames.shape == (8, 32, 32, 3)
         assert judges.colour(frames[4]) == colour and judges.direction(frames) == direction, (colour, direction)
 
@@ -211,8 +217,6 @@ def test_the_shipped_audio_generator_sounds_like_what_it_is_asked(tmp_path):
     import soundfile
 
     for prompt, kind in [("a low hum", "low"), ("a high beep", "high"), ("a burst of white noise", "noise")]:
-        out = tmp_path / kind
-        r = run_cli("render", "text-to-audio", prompt, "-o", out, "-p", "seed=1")
-        assert r.returncode == 0, r.stderr
-        wave, rate = soundfile.read(str(next(out.glob("*.wav"))))
+        wav, = _render("text-to-audio", prompt, {"seed": 1}, tmp_path / kind)
+        wave, rate = soundfile.read(str(wav))
         assert rate == 16000 and judges.sound(wave) == kind, (prompt, judges.sound(wave))

@@ -250,30 +250,30 @@ def test_eval_invocations_cli(synth, tmp_path):
     forms = result["per_form"]
     assert sum(forms[f]["items"] for f in ("text-only", "media", "multi-turn")) == n
     assert forms["media-bearing"]["items"] == forms["media"]["items"] + forms["multi-turn"]["items"] > 0
-    # several files: each scored on its own, by file name (a synthetic set's two held-out splits)
-    r = run_cli("eval", "invocations", "--data", synth / "test.jsonl", synth / "shifted.jsonl", "--config",
-                "tiny-train", "--checkpoint", run, "--set", f"train.feature_cache={tmp_path / 'cache'}")
-    assert r.returncode == 0, r.stderr
-    both = json.loads(r.stdout)["splits"]
-    assert both["test"]["per_form"] == forms and both["shifted"]["items"] == len(read_records(synth / "shifted.jsonl"))
-    one_line_error(run_cli("eval", "invocations", "--data", synth / "test.jsonl", synth / "test.jsonl"),
-                   "share a name")
-    one_line_error(run_cli("eval", "invocations", "--data", synth / "test.jsonl", "--checkpoint",
-                            tmp_path / "nothing"), "no such checkpoint folder")
-    # ids are optional: the same records without them score the same (BLEU was keyed by id, so every
-    # id-less record collided on None and only the last was scored), and every mistake can be written
+    # several files, each scored on its own by file name: a synthetic set's two held-out splits, and the
+    # test split without ids, which scores the same (BLEU was keyed by id, so every id-less record collided
+    # on None and only the last was scored); every mistake can be written, with its split
     bare = synth / "test-no-ids.jsonl"
     bare.write_text("".join(json.dumps({k: v for k, v in json.loads(line).items() if k != "id"}) + "\n"
                             for line in (synth / "test.jsonl").read_text().splitlines()))
     mistakes = tmp_path / "mistakes.jsonl"
-    r = run_cli("eval", "invocations", "--data", bare, "--config", "tiny-train", "--checkpoint", run,
-                "--set", f"train.feature_cache={tmp_path / 'cache'}", "--mistakes", mistakes)
+    r = run_cli("eval", "invocations", "--data", synth / "test.jsonl", synth / "shifted.jsonl", bare, "--config",
+                "tiny-train", "--checkpoint", run, "--set", f"train.feature_cache={tmp_path / 'cache'}",
+                "--mistakes", mistakes)
     assert r.returncode == 0, r.stderr
-    no_ids = json.loads(r.stdout)
+    splits = json.loads(r.stdout)["splits"]
+    assert splits["test"]["per_form"] == forms and splits["shifted"]["items"] == len(read_records(synth / "shifted.jsonl"))
+    no_ids = splits["test-no-ids"]
     assert no_ids["prompt_bleu"] == result["prompt_bleu"] and no_ids["items"] == n
     wrong = [json.loads(x) for x in mistakes.read_text().splitlines()]
-    assert len(wrong) == no_ids["mistakes"] == round(n * (1 - no_ids["prompt_exact_match"]))
-    assert all(w["id"] is None and 1 <= w["line"] <= n for w in wrong)
+    assert len(wrong) == sum(r["mistakes"] for r in splits.values())
+    bare_wrong = [w for w in wrong if w["split"] == "test-no-ids"]
+    assert len(bare_wrong) == round(n * (1 - no_ids["prompt_exact_match"]))
+    assert all(w["id"] is None and 1 <= w["line"] <= n for w in bare_wrong)
+    one_line_error(run_cli("eval", "invocations", "--data", synth / "test.jsonl", synth / "test.jsonl"),
+                   "share a name")
+    one_line_error(run_cli("eval", "invocations", "--data", synth / "test.jsonl", "--checkpoint",
+                            tmp_path / "nothing"), "no such checkpoint folder")
 
 
 def test_shipped_tiny_checkpoint_answers_synthetic_inputs(tmp_path):

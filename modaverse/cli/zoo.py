@@ -61,20 +61,27 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo_train(args: argparse.Namespace) -> int:
-    """Trains one tiny generator; its diffusers folder lands in OUTPUT_DIR/final."""
+    """Trains tiny generators; each one's diffusers folder lands in its run folder's final/."""
     import json
     import logging
 
-    from modaverse.training.generators import train_generator
+    from modaverse.training.generators import train_generator, training_order
 
     kwargs = run_kwargs(args)
+    wanted = training_order(args.capability)
+    if len(wanted) > 1 and args.output_dir:
+        raise ModaverseError("--output-dir names one run folder; with several capabilities each goes to "
+                             "zoo_train.output_dir/CAPABILITY")
     config = load(args)
     if args.max_steps is not None:  # a short run: each stage at most N steps
-        steps = config.zoo_train.steps.get(args.capability, {})
-        config.zoo_train.steps[args.capability] = {k: min(v, args.max_steps) for k, v in steps.items()}
+        for capability in wanted:
+            steps = config.zoo_train.steps.get(capability, {})
+            config.zoo_train.steps[capability] = {k: min(v, args.max_steps) for k, v in steps.items()}
     logging.getLogger("modaverse").setLevel(logging.INFO)
-    summary = train_generator(config, args.capability, **kwargs)
-    print(json.dumps({k: summary[k] for k in ("output", "steps", "last", "seconds", "bytes")}, ensure_ascii=False))
+    for capability in wanted:
+        summary = train_generator(config, capability, **kwargs)
+        print(json.dumps({"capability": capability, **{k: summary[k] for k in ("output", "steps", "last", "seconds",
+                                                                                "bytes")}}, ensure_ascii=False))
     return 0
 
 
@@ -100,15 +107,15 @@ def register(sub) -> None:
     q = actions.add_parser("list", help="configured generators and known plug-ins")
     add_config_args(q)
     q.set_defaults(func=cmd_zoo)
-    q = actions.add_parser("train", help="train a tiny generator on the synthetic world",
-                           description="Trains one capability's tiny diffusers pipeline on captioned samples of the "
+    q = actions.add_parser("train", help="train tiny generators on the synthetic world",
+                           description="Trains each capability's tiny diffusers pipeline on captioned samples of the "
                            "synthetic world, in diffusers' conventions (VAE first, then the UNet: noise-prediction "
                            "MSE, captions dropped for classifier-free guidance, EMA weights). Settings: the "
                            "config's zoo_train section (`modaverse configs --keys`). The result, "
                            "OUTPUT_DIR/final, is a diffusers folder: use it with --set "
                            "zoo.text-to-image.plugin=stable-diffusion --set zoo.text-to-image.model=OUTPUT_DIR/final.")
-    q.add_argument("capability", metavar="CAPABILITY", help="e.g. text-to-image (an unknown one is named with "
-                   "the list)")
+    q.add_argument("capability", metavar="CAPABILITY", nargs="+", help="e.g. text-to-image; several train in "
+                   "turn, text-to-image first (video and editing start from it)")
     add_config_args(q)
     add_run_args(q, "zoo_train.output_dir/CAPABILITY", "at most N steps per stage (a short run)")
     q.set_defaults(func=cmd_zoo_train)

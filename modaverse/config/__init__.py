@@ -315,7 +315,9 @@ class ZooTrainConfig(Settings):
                                   "from; null = OUTPUT_DIR/text-to-image/final")
     batch_size: int = Field(32, ge=1, description="samples per step")
     video_batch_size: int = Field(8, ge=1, description="clips per step (text-to-video)")
-    audio_batch_size: int = Field(16, ge=1, description="sounds per step (text-to-audio)")
+    audio_batch_size: int = Field(16, ge=1, description="sounds per step (text-to-audio's VAE and UNet)")
+    vocoder_batch_size: int = Field(8, ge=1, description="0.32-s slices per vocoder step: half the sounds of "
+                                    "the other stages buys twice the steps in the same time, which tones need")
     audio_vae_channels: list[int] = Field(default_factory=lambda: [16, 32, 32],
                                           description="mel VAE block widths (a log-mel is 4x a picture's pixels)")
     vocoder_channels: int = Field(128, ge=8, description="HiFi-GAN vocoder: channels before its first upsampling "

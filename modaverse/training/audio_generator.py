@@ -81,22 +81,20 @@ class AudioGeneratorRecipe(GeneratorRecipe):
         """``[B, samples]`` -> ``[B, frames, MELS]``, one frame per hop (the vocoder's input)."""
         return _log_mel(wave, N_FFT, HOP, _mel_basis(N_FFT, MELS))[:, : wave.shape[-1] // HOP]
 
-    def _waves(self, step: int) -> tuple[list[str], torch.Tensor]:
+    def _waves(self, step: int, n: int) -> tuple[list[str], torch.Tensor]:
         from modaverse.data import samples
 
-        z = self.z
-        n = z.audio_batch_size
-        batch = [samples.audio(self.seed, step * n + i, z.seconds) for i in range(n)]
+        batch = [samples.audio(self.seed, step * n + i, self.z.seconds) for i in range(n)]
         return [s.caption for s in batch], torch.from_numpy(np.stack([s.array for s in batch]))
 
     def _batch(self, step: int) -> tuple[list[str], torch.Tensor, None]:
         """Captions and log-mels as the VAE sees them, ``[B, 1, frames, MELS]``."""
-        captions, waves = self._waves(step)
+        captions, waves = self._waves(step, self.z.audio_batch_size)
         return captions, self.log_mel(waves)[:, None], None
 
     def _vocoder_step(self, step: int, g: torch.Generator) -> dict[str, torch.Tensor]:
         """On a random 0.32-s slice of each sound (the vocoder is convolutional: a quarter of the cost)."""
-        _, waves = self._waves(step)
+        _, waves = self._waves(step, self.z.vocoder_batch_size)
         frames = waves.shape[-1] // HOP
         start = int(torch.randint(0, max(1, frames - VOCODER_FRAMES + 1), (1,), generator=g)) * HOP
         waves = waves[:, start : start + VOCODER_FRAMES * HOP]

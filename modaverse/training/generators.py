@@ -55,14 +55,22 @@ FORMAT = "modaverse-zoo-train/1"
 TRAINS_TEXT = ("text-to-audio",)
 
 
+def training_order(capabilities: list[str]) -> list[str]:
+    """The capabilities named, checked, in the order they can train: text-to-image first, as video and
+    editing start from it."""
+    for capability in capabilities:
+        if capability not in CAPABILITIES:
+            raise ModaverseError(f"zoo train: {capability!r} has no training recipe; choose from "
+                                 f"{', '.join(CAPABILITIES)}")
+    return sorted(dict.fromkeys(capabilities), key=list(CAPABILITIES).index)
+
+
 class GeneratorRecipe(StagedRecipe):
     """One capability's training run. ``run()`` = setup, train, finish, cleanup."""
 
     def __init__(self, config: Config, capability: str, *, output_dir: str | Path | None = None,
                  resume: bool = False, overwrite: bool = False, progress: bool | None = None):
-        if capability not in CAPABILITIES:
-            raise ModaverseError(f"zoo train: {capability!r} has no training recipe; choose from "
-                                 f"{', '.join(CAPABILITIES)}")
+        training_order([capability])
         self.config, self.z, self.capability = config, config.zoo_train, capability
         self.desc = f"zoo train {capability}"
         self.log_every, self.save_every = self.z.log_every, self.z.save_every
