@@ -154,8 +154,10 @@ class Adaptors(nn.Module):
             raise KeyError(f"no adaptor for modality {modality!r} (have: {', '.join(self.modalities)})")
         if self.standardizers is not None:
             embeddings = self.standardizers[modality](embeddings)
-        proj = self.projectors[SHARED if self.shared else modality]
-        return proj(embeddings).reshape(embeddings.shape[0], self.tokens, self.out_dim)
+        return self.projector(modality)(embeddings).reshape(embeddings.shape[0], self.tokens, self.out_dim)
+
+    def projector(self, modality: str) -> nn.Module:
+        return self.projectors[SHARED if self.shared else modality]
 
     def project(self, features: torch.Tensor, modalities: Sequence[str]) -> torch.Tensor:
         """``[N, D]`` features -> ``[N, tokens_per_input, H]``, each row through its modality's adaptor.

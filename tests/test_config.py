@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from modaverse.config import list_configs, load_config
+from modaverse.config import launch_configs, list_configs, load_config
 from modaverse.core.errors import ConfigError
 from modaverse.encoder.imagebind.config import ImageBindConfig
 
@@ -20,6 +20,17 @@ def test_packaged_configs_validate():
     assert big.zoo["text-to-image"].defaults == {"steps": 50, "guidance": 7.5, "width": 512, "height": 512}
     assert big.zoo["text-to-video"].model == "damo-vilab/text-to-video-ms-1.7b"
     assert big.zoo["text-to-audio"].model == "cvssp/audioldm-l-full"
+
+
+def test_every_launcher_config_says_what_has_run_it():
+    """No accelerate config ships unrun without saying so: its header's status line, listed by
+    `modaverse configs`; the DeepSpeed one says it is GPU-only and untested."""
+    shipped = dict(launch_configs())
+    assert set(shipped) == {"configs/accelerate/ddp.yaml", "configs/accelerate/fsdp.yaml",
+                            "configs/accelerate/zero2.yaml"}
+    assert all(status != "status not stated" for status in shipped.values())
+    assert "tests/test_distributed.py" in shipped["configs/accelerate/fsdp.yaml"]
+    assert shipped["configs/accelerate/zero2.yaml"].startswith("GPU-only, untested")
 
 
 def test_set_overrides_any_key_with_typed_values():

@@ -120,6 +120,14 @@ def test_feature_cache_encodes_each_file_once(tmp_path, tiny_pipe):
     direct = tiny_pipe.encoder.encode([tiny_pipe.encoder.load(IB / "audio_16k.wav"), tiny_pipe.encoder.load(a)])
     torch.testing.assert_close(feats, direct)
     assert not any(m.training for m in tiny_pipe.encoder.model.modules())
+    # training reads rows lazily: a batch's rows, in the batch's order, the same values as the whole table
+    from modaverse.encoder.features import LazyTable
+
+    table = LazyTable(again, [items[0][0], items[2][0]])
+    assert len(table) == 2
+    torch.testing.assert_close(table[[1, 0, 1]], again.get([items[2][0], items[0][0], items[2][0]]))
+    with pytest.raises(KeyError, match="1 feature"):
+        LazyTable(again, ["image-" + "0" * 64])
 
 
 def test_checkpoint_round_trip_and_strict_keys(tmp_path):

@@ -15,7 +15,7 @@ from modaverse.core.errors import ModaverseError
 
 def cmd_configs(args: argparse.Namespace) -> int:
     """List packaged configs, or print one fully resolved."""
-    from modaverse.config import config_summary, list_configs
+    from modaverse.config import config_summary, launch_configs, list_configs
 
     if args.keys:
         print("| key | type | default | meaning |\n|---|---|---|---|")
@@ -27,6 +27,9 @@ def cmd_configs(args: argparse.Namespace) -> int:
         width = max(map(len, names))
         for name in names:
             print(f"{name:<{width}}  {config_summary(name)}")
+        print("\naccelerate launch --config_file (docs/training.md):")
+        for path, status in launch_configs():
+            print(f"  {path}  {status}")
         return 0
     import yaml
 

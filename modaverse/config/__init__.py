@@ -450,10 +450,11 @@ def shaping(config: Config) -> dict:
 from modaverse.config.loading import (  # noqa: E402
     PATH_KEYS,
     config_summary,
+    launch_configs,
     list_configs,
     list_zoo_presets,
     load_config,
     parse_override,
 )
 
-__all__ = ["PATH_KEYS", "config_summary", "list_configs", "list_zoo_presets", "load_config", "parse_override"]
+__all__ = ["PATH_KEYS", "config_summary", "launch_configs", "list_configs", "list_zoo_presets", "load_config", "parse_override"]

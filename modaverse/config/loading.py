@@ -30,6 +30,19 @@ def config_summary(name: str) -> str:
     return first.lstrip("# ").rstrip(":").strip() if first.startswith("#") else ""
 
 
+def launch_configs() -> list[tuple[str, str]]:
+    """The ``accelerate launch`` configs shipped beside the profiles, each with its header's
+    ``# status:`` line: whether anything has run it, so none ships unrun without saying so."""
+    root = resources.files("modaverse.configs") / "accelerate"
+    out = []
+    for p in sorted(root.iterdir(), key=lambda p: p.name):
+        if p.name.endswith(".yaml"):
+            lines = p.read_text().splitlines()
+            status = next((x.split(":", 1)[1].strip() for x in lines if x.startswith("# status:")), "")
+            out.append((f"configs/accelerate/{p.name}", status or "status not stated"))
+    return out
+
+
 def list_configs() -> list[str]:
     root = resources.files("modaverse.configs")
     return sorted(p.name.removesuffix(".yaml") for p in root.iterdir() if p.name.endswith(".yaml"))

@@ -129,3 +129,25 @@ class FeatureCache:
                 for k in ks:
                     rows[k] = f.get_tensor(k)
         return torch.stack([rows[k] for k in keys]) if keys else torch.empty(0, 0)
+
+
+class LazyTable:
+    """``table[rows]`` -> ``[len(rows), D]`` float32, read from the cache's shards when a batch asks.
+
+    Training used to load every feature it would use into one tensor on every process: at a
+    million 1024-d features, 4 GB per process, copied N times. Here a process holds the keys and
+    reads only a batch's rows (each shard opened, read and closed), so its memory does not grow
+    with the features' size (``benchmarks/feature_table.py``).
+    """
+
+    def __init__(self, cache: FeatureCache, keys: Sequence[str]):
+        self.cache, self.keys = cache, list(keys)
+        absent = cache.missing(self.keys)
+        if absent:
+            raise KeyError(f"{len(absent)} feature(s) not cached, e.g. {absent[0]}")
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, rows: Sequence[int]) -> torch.Tensor:
+        return self.cache.get([self.keys[r] for r in rows])

@@ -66,12 +66,11 @@ def _bleu4(hypotheses: dict[str, list[str]], references: dict[str, list[str]]) -
 def evaluate_invocations(config: Config, data: str | os.PathLike, *, limit: int | None = None,
                          progress: bool | None = None, pipe=None) -> dict:
     """Scores a model on a JSONL file; ``pipe`` reuses an already built :class:`ModaVerse`."""
-    import torch
     from tqdm.auto import tqdm
 
     from modaverse.data.conversation import messages, resolve_media
     from modaverse.data.records import read_records
-    from modaverse.encoder.features import FeatureCache, file_key
+    from modaverse.encoder.features import FeatureCache, LazyTable, file_key
     from modaverse.pipeline.assistant import ModaVerse
 
     pipe = pipe or ModaVerse.from_config(config)
@@ -81,9 +80,8 @@ def evaluate_invocations(config: Config, data: str | os.PathLike, *, limit: int 
     cache = FeatureCache.for_config(config)
     todo = [(k, m.path, m.modality) for media, ks in zip(resolved, keys, strict=True) for m, k in zip(media, ks, strict=True)]
     cache.ensure(todo, pipe.encoder)
-    unique = list(dict.fromkeys(k for k, _, _ in todo))  # read every feature once, not per record
-    table = cache.get(unique) if unique else torch.empty(0, pipe.encoder.dim)
-    row = {k: i for i, k in enumerate(unique)}
+    unique = list(dict.fromkeys(k for k, _, _ in todo))
+    table, row = LazyTable(cache, unique), {k: i for i, k in enumerate(unique)}  # each record's rows when scored
 
     scored: list[tuple[str, str, bool, bool]] = []  # (capability label, form, capabilities right, all right)
     wrong, hypotheses, references = [], {}, {}

@@ -20,8 +20,10 @@ class AlignmentModel(nn.Module):
         super().__init__()
         self.adaptor, self.llm = adaptor, llm
 
-    def forward(self, batch: Batch, features: torch.Tensor) -> torch.Tensor:
-        """The mean cross-entropy over the batch's assistant tokens."""
+    def forward(self, batch: Batch, features: torch.Tensor, every_parameter: bool = False) -> torch.Tensor:
+        """The mean cross-entropy over the batch's assistant tokens. ``every_parameter`` adds every
+        adaptor parameter at weight zero: FSDP2 needs a gradient for each on every process
+        (:mod:`modaverse.training.sharding`)."""
         device = self.llm.get_input_embeddings().weight.device
         flat_rows = [r for rows in batch.media for r in rows]
         flat_mods = [m for mods in batch.modalities for m in mods]
@@ -36,4 +38,6 @@ class AlignmentModel(nn.Module):
         embeds = fill_slots(embeds, batch.prompts, soft_per_example)
         out = self.llm(inputs_embeds=embeds, attention_mask=batch.attention_mask.to(device),
                        labels=batch.labels.to(device))
+        if every_parameter:
+            return out.loss + sum(p.sum() for p in self.adaptor.parameters() if p.requires_grad) * 0.0
         return out.loss

@@ -37,6 +37,7 @@ from modaverse.config import Config
 from modaverse.core.atomic import write_json_atomic
 from modaverse.core.errors import ModaverseError
 from modaverse.encoder.imagebind.config import ImageBindConfig
+from modaverse.training import sharding
 from modaverse.training.run import (
     STEP_PREFIX,
     Recipe,
@@ -50,6 +51,10 @@ from modaverse.training.run import (
 )
 
 log = logging.getLogger("modaverse")
+
+#: Media uses the adaptors' standardisation and scale are fitted on: all of them up to this many
+#: (every synthetic set), else this many evenly spaced, so fitting never loads the whole table.
+FIT_SAMPLE = 16_384
 
 #: Scores a finished run: (the config with the final checkpoint, the held-out JSONL, progress, record limit)
 #: -> a summary dict. ``modaverse train`` passes invocation accuracy (modaverse.evaluation.invocations).
@@ -81,6 +86,8 @@ class TrainingRecipe(Recipe):
                                      project_dir=str(self.out),
                                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         self.main = acc.is_main_process
+        _check_launch(acc)
+        self.sharded = acc.num_processes > 1 and sharding.requested()
         if self.main and acc.num_processes > 1 and acc.device.type == "cpu":
             log.warning("%d training processes on CPUs share this machine's %s cores (the accelerate config asks "
                         "for them; configs/accelerate/*.yaml are written for one process per GPU)",
@@ -97,8 +104,17 @@ class TrainingRecipe(Recipe):
         self._build_model(convs, rows)
         self.plan = plan(config, len(self.examples), acc.num_processes)
         self._log_plan()
+        if self.resume_from is not None:  # weights into the whole model, before any wrapping or sharding
+            self._resume_weights(self.resume_from)
+        if self.sharded:  # FSDP2 by our own hand on any device (see modaverse.training.sharding)
+            self.model = sharding.shard(self.model, acc.mixed_precision)
         self.optimizer, self.scheduler = _optimizer(self.model, config, self.plan.total_steps, self.plan.warmup_steps)
-        self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        if acc.state.deepspeed_plugin is not None:  # DeepSpeed sizes its engine from these (we pass no dataloader)
+            acc.state.deepspeed_plugin.deepspeed_config.update(
+                train_micro_batch_size_per_gpu=t.batch_size, gradient_accumulation_steps=t.grad_accum,
+                train_batch_size=self.plan.global_batch)
+        if not self.sharded:
+            self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
         acc.register_for_checkpointing(self.scheduler)  # stepped once per optimiser step, whatever the process count
         # accelerate would save/load the whole model; only the trainable tensors go into our checkpoints.
         acc.register_save_state_pre_hook(lambda models, weights, _dir: weights.clear())
@@ -122,9 +138,12 @@ class TrainingRecipe(Recipe):
         run_config = config.model_copy(update={"llm": config.llm.model_copy(update={"device": str(self.acc.device)})})
         dim = ImageBindConfig.from_encoder(config.encoder).out_embed_dim
         self.llm, self.adaptors = build_trainable(run_config, dim, tokenizer_for(config, self.resume_from))
-        if self.resume_from is None:
-            used = self.table[[r for rs in rows for r in rs]]
-            used_modalities = [m.modality for _, media, _ in convs for m in media]
+        if self.resume_from is None:  # statistics over the files' uses, at most FIT_SAMPLE of them, evenly spaced
+            uses = [(r, m.modality) for (_, media, _), rs in zip(convs, rows, strict=True)
+                    for r, m in zip(rs, media, strict=True)]
+            uses = [uses[i] for i in sorted({len(uses) * j // FIT_SAMPLE for j in range(FIT_SAMPLE)})] \
+                if len(uses) > FIT_SAMPLE else uses
+            used, used_modalities = self.table[[r for r, _ in uses]], [m for _, m in uses]
             self.adaptors.fit(used, used_modalities)
             self.adaptors.match_scale(self.llm.text_embedding_norm(), used, used_modalities)
         self.model = AlignmentModel(self.adaptors, self.llm.model)
@@ -145,21 +164,34 @@ class TrainingRecipe(Recipe):
         p, stats, config = self.plan, self.stats, self.config
         trainable = sum(q.numel() for q in self.model.parameters() if q.requires_grad)
         total = sum(q.numel() for q in self.model.parameters())
+        acc = self.acc
+        if acc.num_processes > 1:
+            import torch.distributed as dist
+
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes))  # set by torchrun, which accelerate runs
+            log.info("%s over %d processes on %d machine(s), %s backend",
+                     "FSDP2 (fully_shard)" if self.sharded else acc.distributed_type.value, acc.num_processes,
+                     acc.num_processes // local, dist.get_backend())
         log.info("%d examples (%d tokens, %d target), %d steps of %d conversations", len(self.examples),
                  stats.tokens, stats.target_tokens, p.total_steps, p.global_batch)
         log.info("training %s of %s parameters (%.2f%%): adaptor %s, llm %s, marker rows %s", f"{trainable:,}",
                  f"{total:,}", 100 * trainable / total, config.trainable.adaptor, config.trainable.llm,
                  "on" if config.trainable.markers and config.trainable.llm != "full" else "off")
 
-    def resume(self, folder: Path) -> None:
-        """Optimiser, schedule and trainable weights from a step checkpoint of the same plan."""
+    def _resume_weights(self, folder: Path) -> None:
+        """The trainable weights of a step checkpoint of the same plan."""
         manifest = checkpoint.read_manifest(folder)
         if manifest.get("total_steps") != self.plan.total_steps:
             raise ModaverseError(f"{folder}: planned {manifest.get('total_steps')} steps but this config "
                                  f"plans {self.plan.total_steps}; resume with the run's settings")
-        self.acc.load_state(str(folder))
         checkpoint.load(folder, self.adaptors, self.llm.model, self.config)
         self.start_step = manifest["step"]
+
+    def resume(self, folder: Path) -> None:
+        """Optimiser, schedule and random states from the step checkpoint whose weights were loaded."""
+        if self.sharded:
+            sharding.load_optimizer(self.model, self.optimizer, folder)
+        self.acc.load_state(str(folder))
         if self.main:
             log.info("resumed from %s at step %d", folder, self.start_step)
 
@@ -178,16 +210,25 @@ class TrainingRecipe(Recipe):
         for step in range(self.start_step, p.total_steps):
             order = stream(len(self.examples), self.seed, step * p.global_batch, p.global_batch)
             mine = order[rank * per_rank : (rank + 1) * per_rank]
-            for a in range(t.grad_accum):
-                batch = self._batch(mine[a * t.batch_size : (a + 1) * t.batch_size])
+            batches = [self._batch(mine[a * t.batch_size : (a + 1) * t.batch_size]) for a in range(t.grad_accum)]
+            used = {m for b in batches for mods in b.modalities for m in mods}
+            # each token of the global batch weighs the same, however the batch is split over processes
+            # and micro-batches (data-parallel gradients are averaged over processes, hence the world factor)
+            counts = [_targets(b) for b in batches]
+            share = world / max(1.0, acc.reduce(torch.tensor(float(sum(counts)), device=acc.device), "sum").item())
+            step_loss = torch.zeros(())
+            for a, (batch, n) in enumerate(zip(batches, counts, strict=True)):
                 sync = contextlib.nullcontext() if a == t.grad_accum - 1 else acc.no_sync(model)
                 with sync:
-                    loss = model(batch, self.table) / t.grad_accum
+                    loss = model(batch, self.table, every_parameter=self.sharded) * (n * share)
                     acc.backward(loss)
-                losses.append(loss.detach() * t.grad_accum)
+                step_loss += loss.detach().cpu()
                 tokens += int(batch.attention_mask.sum())
-            if t.max_grad_norm is not None:
-                acc.clip_grad_norm_(params, t.max_grad_norm)
+            losses.append(step_loss)
+            if self.sharded:
+                sharding.drop_unused_gradients(self.adaptors, used)
+            if t.max_grad_norm is not None:  # sharded: torch's own, over DTensors (the global norm)
+                (torch.nn.utils.clip_grad_norm_ if self.sharded else acc.clip_grad_norm_)(params, t.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -225,7 +266,9 @@ class TrainingRecipe(Recipe):
     # -- checkpoints ----------------------------------------------------------------------------------
     def _trainable_now(self) -> dict[str, torch.Tensor]:
         names = checkpoint.trainable_tensors(self.adaptors, self.llm.model).keys()
-        state = self.acc.get_state_dict(self.model)  # unwraps DDP; gathers FSDP / DeepSpeed shards
+        if self.sharded:
+            return sharding.full_state(self.model, names)
+        state = self.acc.get_state_dict(self.model)  # unwraps DDP; gathers DeepSpeed shards
         return {k: state[k] for k in names}
 
     def save(self, step: int) -> None:
@@ -234,6 +277,8 @@ class TrainingRecipe(Recipe):
         tmp, name = step_folder(out, step) if self.main else (out / f".{STEP_PREFIX}{step:06d}.partial", "")
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
+        if self.sharded:
+            sharding.save_optimizer(self.model, self.optimizer, tmp, self.main)
         tensors = self._trainable_now()
         if self.main:
             checkpoint.write(tmp, tensors, self.config, step=step, tokenizer_json=self.llm.tokenizer_json,
@@ -247,7 +292,7 @@ class TrainingRecipe(Recipe):
 
         t, p = self.t, self.plan
         tensors = self._trainable_now()
-        digests = gather_object([_digest(checkpoint.trainable_tensors(self.adaptors, self.llm.model))])
+        digests = gather_object([_digest(tensors)])
         if len(set(digests)) > 1:
             raise ModaverseError(f"processes ended with different weights ({digests}); this is a bug, please report it")
         summary: dict = {}
@@ -285,6 +330,26 @@ def train(config: Config, *, output_dir: str | Path | None = None, resume: bool 
                           evaluate=evaluate).run()
 
 
+def _check_launch(acc) -> None:
+    """Refuses a launch accelerate would quietly run as something else."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if deepspeed and (acc.distributed_type.value != "DEEPSPEED" or acc.num_processes != world):
+        raise ModaverseError("the accelerate config asks for DeepSpeed, which accelerate runs only on GPUs (on CPUs it "
+                             "either drops DeepSpeed or starts processes that never join); on CPUs use "
+                             "configs/accelerate/fsdp.yaml or ddp.yaml (docs/training.md)")
+    if acc.num_processes != world:
+        raise ModaverseError(f"the launcher started {world} processes but accelerate joined {acc.num_processes}; on "
+                             "CPUs set ACCELERATE_USE_CPU=1 (docs/training.md)")
+
+
+def _targets(batch) -> int:
+    """The tokens a causal LM's loss averages over: labels after the first position that are not ignored."""
+    from modaverse.data.conversation import IGNORE
+
+    return int((batch.labels[:, 1:] != IGNORE).sum())
+
+
 def _digest(tensors: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for k in sorted(tensors):
@@ -318,43 +383,46 @@ def _read_data(config: Config, caps):
 
 
 def _features(config: Config, convs, acc, bar_off: bool | None):
-    """A feature table for every distinct media file, and each conversation's rows in it."""
-    from accelerate.utils import broadcast_object_list
+    """A lazy feature table over every distinct media file, and each conversation's rows in it.
+
+    Every process hashes and encodes its share of the files into the shared cache (each shard is
+    written atomically under its own name), then all wait for each other; no process ever holds
+    the whole table (:class:`~modaverse.encoder.features.LazyTable` reads a batch's rows).
+    """
+    from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
-    from modaverse.encoder.features import FeatureCache, file_key
+    from modaverse.encoder.features import FeatureCache, LazyTable, file_key
 
+    rank, world = acc.process_index, acc.num_processes
+    files = list(dict.fromkeys((m.path, m.modality) for _, media, _ in convs for m in media))
+    mine = [(i, file_key(p, m)) for i, (p, m) in enumerate(files) if i % world == rank]
+    key_of = dict(gather_object(mine) if world > 1 else mine)
+    keys = [key_of[i] for i in range(len(files))]
     cache = FeatureCache.for_config(config)
-    keys: list[list[str]] = [[]]
-    if acc.is_main_process:
-        keyed = {}
-        per_conv = []
-        for _, media, _ in convs:
-            ks = []
-            for m in media:
-                k = keyed.get(m.path) or file_key(m.path, m.modality)
-                keyed[m.path] = k
-                ks.append(k)
-            per_conv.append(ks)
-        todo = [(keyed[m.path], m.path, m.modality) for _, media, _ in convs for m in media]
-        missing = cache.missing([k for k, _, _ in todo])
-        if missing:
-            from modaverse.encoder.embed import Encoder
+    missing = cache.missing(keys)  # the same list on every process: the shards present before any wrote
+    where = dict(zip(keys, files, strict=True))
+    todo = [(k, *where[k]) for k in missing[rank::world]]
+    started = time.perf_counter()
+    if todo:
+        from modaverse.encoder.embed import Encoder
 
-            encoder = Encoder.from_config(config.encoder, config.media)
-            with tqdm(total=len(missing), unit="file", desc="encode", disable=bar_off, file=sys.stderr,
-                      leave=False) as bar:
-                cache.ensure(todo, encoder, on_progress=bar.update)
-            del encoder
-        log.info("features: %d distinct files, %d newly encoded, cache %s", len(keyed), len(missing), cache.folder)
-        keys = [per_conv]
-    broadcast_object_list(keys)
-    per_conv = keys[0]
+        encoder = Encoder.from_config(config.encoder, config.media)
+        desc = "encode" if world == 1 else f"encode (process {rank + 1} of {world})"
+        with tqdm(total=len(todo), unit="file", desc=desc, disable=bar_off if acc.is_main_process else True,
+                  file=sys.stderr, leave=False) as bar:
+            cache.ensure(todo, encoder, on_progress=bar.update)
+        del encoder
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        done = (f"{len(missing)} newly encoded by {world} process(es) in {time.perf_counter() - started:.1f} s"
+                if missing else "all cached")
+        log.info("features: %d distinct files, %s, cache %s", len(files), done, cache.folder)
+    index = {f: k for k, f in zip(keys, files, strict=True)}
+    per_conv = [[index[(m.path, m.modality)] for m in media] for _, media, _ in convs]
     unique = list(dict.fromkeys(k for ks in per_conv for k in ks))
     row = {k: i for i, k in enumerate(unique)}
-    if not acc.is_main_process:  # its index predates the shards the main process wrote
-        cache = FeatureCache.for_config(config)
-    table = cache.get(unique) if unique else torch.empty(0, 1)
+    table = LazyTable(FeatureCache.for_config(config), unique)  # a fresh index: every process's shards
     return table, [[row[k] for k in ks] for ks in per_conv]
 
 
