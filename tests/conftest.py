@@ -103,6 +103,29 @@ def greedy_tokens(pipe, prompts, prefix):
     return [tokens[i] for i in ids]
 
 
+def seeded_texts(pipe, instruction: str, inputs=(), seed: int = 11) -> tuple[str, str, str]:
+    """A sampled, seeded request's text decoded alone, inside a batch of greedy and sampled neighbours,
+    and joining that batch three steps in: each row samples with its own generator, so all three agree."""
+    from modaverse.pipeline.turn import Request
+
+    mine, greedy = pipe.settings(temperature=1.5, seed=seed), pipe.settings(temperature=0.0)
+    others = [(Request("hello"), greedy), (Request("Generate an image of a cat in the snow."),
+                                          pipe.settings(temperature=0.8, top_p=0.9, seed=5))]
+    alone = pipe.answer([Request(instruction, inputs)], mine)[0].raw
+    texts = [alone]
+    for joins_after in (0, 3):
+        session, replies = pipe.session(greedy), {}
+        first = [(k, r) for k, (r, _) in enumerate(others)]
+        session.admit(first, [s for _, s in others])
+        for _ in range(joins_after):
+            replies |= {k: r for k, r, _ in session.step()}
+        session.admit([("mine", Request(instruction, inputs))], [mine])
+        while len(session):
+            replies |= {k: r for k, r, _ in session.step()}
+        texts.append(replies["mine"].raw)
+    return tuple(texts)
+
+
 def one_line_error(result, *needles):
     """A user error: exit status 2 and one line on stderr holding every needle, never a traceback."""
     assert result.returncode == 2, result.stderr

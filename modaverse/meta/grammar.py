@@ -196,8 +196,8 @@ class MetaGrammar:
 class _Row:
     """One sequence of a batch: its matcher, how much of it has been consumed, and its JSON string state."""
 
-    def __init__(self, grammar: MetaGrammar):
-        self.matcher = grammar.matcher()
+    def __init__(self, grammar: MetaGrammar, budget: int):
+        self.matcher, self.budget = grammar.matcher(), budget
         self.consumed = 0
         self.in_string = self.escaped = False
         self.done = False  # an end token was consumed: the row has ended
@@ -232,11 +232,12 @@ class MetaConstraint:
         self._ahead: tuple[tuple[int, ...], Future] | None = None  # rows, and their masks being computed
         self._last, self._step_s = time.perf_counter(), 0.0  # when constrain was last called; the time between
 
-    def add(self, count: int) -> None:
-        """``count`` more rows (a decoder's row ids are their positions here), each with its own matcher."""
+    def add(self, count: int, budgets: Sequence[int] | None = None) -> None:
+        """``count`` more rows (a decoder's row ids are their positions here), each with its own matcher and
+        token budget (default: the constraint's), near whose end the JSON is closed."""
         import llguidance
 
-        self.rows += [_Row(self.grammar) for _ in range(count)]
+        self.rows += [_Row(self.grammar, b) for b in (budgets or [self.max_new_tokens] * count)]
         if len(self.rows) > 1 and self._executor is None and self.grammar.vocab_size >= PARALLEL_VOCAB:
             self._executor = llguidance.LLExecutor()
 
@@ -277,7 +278,7 @@ class MetaConstraint:
         allowed = allowed.to(scores.device)
         for j, k in enumerate(live):
             row = self.rows[rows[k]]
-            if self.max_new_tokens - row.consumed <= WRAP_UP_TOKENS:
+            if row.budget - row.consumed <= WRAP_UP_TOKENS:
                 closing = allowed[j] & self.grammar.closing_masks[0 if row.in_string else 1].to(scores.device)
                 if (closing & torch.isfinite(scores[k])).any():
                     allowed[j] = closing

@@ -21,21 +21,25 @@ from modaverse.media import MediaInput
 from modaverse.pipeline.turn import Decoding, Prepared, Reply, Request, RowStream
 
 
+def sampling(settings: Decoding) -> Sampling:
+    return Sampling(settings.max_new_tokens, settings.temperature, settings.top_p, settings.seed)
+
+
 class Session:
-    """Rows of one decoding setting (``settings``), each known by the key its caller gave it."""
+    """Rows each known by the key its caller gave it. They share ``settings.constrained`` (one grammar
+    runs them all); length, temperature, top-p and seed are each row's own (:meth:`admit`)."""
 
     def __init__(self, pipe, settings: Decoding):
         self.pipe, self.settings = pipe, settings
         self._tok = pipe.llm.tokenizer
         self.vicuna_free = not settings.constrained and pipe.prompts.use_vicuna
         self.decoder = Decoder(
-            pipe.llm.model, Sampling(settings.max_new_tokens, settings.temperature, settings.top_p, settings.seed),
+            pipe.llm.model, sampling(settings),
             stop_ids=pipe.stop_ids, suppress_ids=sorted(pipe.llm.marker_ids.values()),
-            # under the grammar's least budget the reply is cut mid-JSON (and says so), never wrapped up early
             constraint=pipe.grammar.processor(max(settings.max_new_tokens, MIN_NEW_TOKENS))
             if settings.constrained else None,
             on_token=self._on_token, prefix=pipe.prefix())
-        self._rows: dict[int, tuple[Hashable, Prepared | None, RowStream]] = {}
+        self._rows: dict[int, tuple[Hashable, Prepared | None, RowStream, Decoding]] = {}
 
     def __len__(self) -> int:
         return len(self.decoder)
@@ -54,48 +58,57 @@ class Session:
 
     def join(self, keys: Sequence[Hashable], prompts: Sequence[torch.Tensor],
              on_texts: Sequence[Callable[[str], None] | None], prepared: Sequence[Prepared | None] | None = None,
-             stops: Sequence[Sequence[str]] | None = None) -> None:
-        """Prefills ``prompts`` and adds them to the running batch."""
+             stops: Sequence[Sequence[str]] | None = None, settings: Sequence[Decoding] | None = None) -> None:
+        """Prefills ``prompts`` and adds them to the running batch, each with its ``settings`` (default: the
+        session's)."""
         stops = stops or [()] * len(prompts)
+        settings = list(settings or [self.settings] * len(prompts))
+        if any(s.constrained != self.settings.constrained for s in settings):
+            raise ValueError("rows of one session share settings.constrained")
         streams = [RowStream(self._tok, on_text, self.settings.constrained, stop)
                    for on_text, stop in zip(on_texts, stops, strict=True)]
         prepared = prepared or [None] * len(prompts)
-        ids = self.decoder.join(prompts)  # tokens arrive only in step(), after the rows are known
-        for row, key, prep, st in zip(ids, keys, prepared, streams, strict=True):
-            self._rows[row] = (key, prep, st)
+        # under the grammar's least budget the reply is cut mid-JSON (and says so), never wrapped up early
+        ids = self.decoder.join(prompts, [sampling(s) for s in settings],
+                                [max(s.max_new_tokens, MIN_NEW_TOKENS) for s in settings])
+        for row, key, prep, st, s in zip(ids, keys, prepared, streams, settings, strict=True):
+            self._rows[row] = (key, prep, st, s)  # tokens arrive only in step(), after the rows are known
 
-    def admit(self, requests: Sequence[tuple[Hashable, Request]]) -> list[tuple[Hashable, ModaverseError]]:
-        """Loads, encodes (one encoder batch) and prepares requests, and joins them; returns the refused ones."""
+    def admit(self, requests: Sequence[tuple[Hashable, Request]], settings: Sequence[Decoding] | None = None
+              ) -> list[tuple[Hashable, ModaverseError]]:
+        """Loads, encodes (one encoder batch) and prepares requests, and joins them, each with its
+        ``settings`` (default: the session's); returns the refused ones."""
         pipe, refused = self.pipe, []
-        loaded: list[tuple[Hashable, Request, list[MediaInput]]] = []
-        for key, r in requests:
+        settings = list(settings or [self.settings] * len(requests))
+        loaded: list[tuple[Hashable, Request, Decoding, list[MediaInput]]] = []
+        for (key, r), s in zip(requests, settings, strict=True):
             try:
-                loaded.append((key, r, pipe.load_inputs(r.inputs)))
+                loaded.append((key, r, s, pipe.load_inputs(r.inputs)))
             except ModaverseError as e:
                 refused.append((key, e))
         t = time.perf_counter()
-        table = pipe.embed([item for _, _, items in loaded for item in items])
+        table = pipe.embed([item for *_, items in loaded for item in items])
         encode_s = (time.perf_counter() - t) / max(1, len(loaded))
-        ready: list[tuple[Hashable, Request, Prepared]] = []
+        ready: list[tuple[Hashable, Request, Decoding, Prepared]] = []
         start = 0
-        for key, r, items in loaded:
+        for key, r, s, items in loaded:
             try:
-                prepared = pipe.prepare(r.instruction, items, r.history, self.settings.max_new_tokens,
+                prepared = pipe.prepare(r.instruction, items, r.history, s.max_new_tokens,
                                         table[start : start + len(items)], system=r.system)
                 prepared.timings["encode"] = encode_s
-                ready.append((key, r, prepared))
+                ready.append((key, r, s, prepared))
             except ModaverseError as e:
                 refused.append((key, e))
             start += len(items)
         if ready:
-            self.join([k for k, _, _ in ready], [p.inputs_embeds for _, _, p in ready], [r.on_text for _, r, _ in ready],
-                      [p for _, _, p in ready], [r.stop for _, r, _ in ready])
+            self.join([k for k, *_ in ready], [p.inputs_embeds for *_, p in ready], [r.on_text for _, r, _, _ in ready],
+                      [p for *_, p in ready], [r.stop for _, r, _, _ in ready], [s for _, _, s, _ in ready])
         return refused
 
     def leave(self, keys: Sequence[Hashable]) -> None:
         """Drops these rows (their clients went away) before the next step; they get no reply."""
         keys = set(keys)
-        gone = {row for row, (key, _, _) in self._rows.items() if key in keys}
+        gone = {row for row, (key, *_) in self._rows.items() if key in keys}
         self.decoder.leave(gone)
         for row in gone:
             del self._rows[row]
@@ -104,9 +117,9 @@ class Session:
         """One token for every row; the rows that ended, with their replies (or why they have none)."""
         done = []
         for row in self.decoder.step():
-            key, prepared, stream = self._rows.pop(row)
+            key, prepared, stream, settings = self._rows.pop(row)
             raw = self._tok.decode(stream.ids, skip_special_tokens=True)
             if self.vicuna_free:
                 raw = raw.split("###")[0]
-            done.append((key, self.pipe.read_reply(raw, stream, self.settings), prepared))
+            done.append((key, self.pipe.read_reply(raw, stream, settings), prepared))
         return done

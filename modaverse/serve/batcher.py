@@ -3,13 +3,15 @@
 Decoding one sequence at a time leaves an accelerator (and most of a CPU's vector units)
 idle: a step of a batch of 8 to 32 costs little more than a step of one. The worker takes
 the oldest waiting job and, while more requests are arriving (the server is still reading
-them) or the last batch held several, waits up to ``wait_ms`` for more that decode with the same settings
-(greedy ones batch freely; a sampled one runs alone, so its seed means what it says), up
-to ``max_batch``, and starts a decoding session (:meth:`ModaVerse.session`): their uploads
+them) or the last batch held several, waits up to ``wait_ms`` for more that can share its batch
+(the same grammar setting; greedy, sampled and seeded rows mix, as each row samples with its own
+seeded generator), up to ``max_batch``, and starts a decoding session (:meth:`ModaVerse.session`): their uploads
 are decoded on the worker (never before their turn), their media encoded in one encoder
-batch, their prompts decoded together. Between steps, compatible requests that arrived
-since join the running batch while it has room (continuous batching), and each row that
-ends leaves it. A row whose answer asks for outputs is handed to the render worker, a thread of
+batch, their prompts decoded together. Between steps, requests that arrived since join the
+running batch while it has room (continuous batching), and each row that ends leaves it.
+Admission is first come, first served: requests join in arrival order, and one that cannot join
+the running batch (the other grammar setting, or a cache rows cannot share) stops the queue
+behind it until the batch drains and its own starts, so no request is overtaken indefinitely. A row whose answer asks for outputs is handed to the render worker, a thread of
 its own that renders one request at a time (within the zoo's memory budget) while the batcher
 keeps decoding: a video being rendered never stalls another request's stream. A job whose
 client went away (:meth:`Batcher.cancel`) leaves the queue, or its row the batch before the next
@@ -44,7 +46,8 @@ class Job:
 
     @property
     def key(self) -> object:
-        return self.settings if self.settings.temperature == 0 else id(self)
+        """What jobs of one batch share: the grammar runs all of its rows or none."""
+        return self.settings.constrained
 
 
 class Batcher:
@@ -110,10 +113,11 @@ class Batcher:
             return batch
 
     def _take(self, key: object, room: int) -> list[Job]:
-        """Waiting jobs with this key, oldest first (the others keep their place)."""
-        taken = [j for j in self._jobs if j.key == key][:room]
-        for j in taken:
-            self._jobs.remove(j)
+        """The oldest waiting jobs, up to ``room``, while they have this key: the first that has not
+        is next in line, and nobody behind it overtakes it."""
+        taken = []
+        while self._jobs and len(taken) < room and self._jobs[0].key == key:
+            taken.append(self._jobs.popleft())
         return taken
 
     def _run(self) -> None:
@@ -147,7 +151,7 @@ class Batcher:
             for key, reply, prepared in session.step():
                 self._finish(live.pop(key), reply, prepared)
             room = self.max_batch - len(session)
-            if room > 0 and len(session) and session.joinable:
+            if room > 0 and len(session) and session.joinable:  # else the queue waits for the batch to drain
                 with self._ready:
                     newcomers = self._take(batch[0].key, room)
                 if newcomers:
@@ -166,7 +170,7 @@ class Batcher:
                 continue
             live[id(job)] = job
             ready.append(job)
-        for key, error in session.admit([(id(j), j.request) for j in ready]):
+        for key, error in session.admit([(id(j), j.request) for j in ready], [j.settings for j in ready]):
             live.pop(key).future.set_exception(error)
 
     def _finish(self, job: Job, reply, prepared) -> None:
@@ -198,6 +202,11 @@ class Batcher:
             return
         turn.timings["queue"] = job.started - job.queued
         job.future.set_result(turn)
+
+    def oldest_wait(self) -> float:
+        """Seconds the longest-waiting queued request has waited (0 when none waits)."""
+        with self._ready:
+            return time.perf_counter() - self._jobs[0].queued if self._jobs else 0.0
 
     def stats(self) -> dict:
         return {"max_batch": self.max_batch, "wait_ms": self.wait * 1000,

@@ -167,7 +167,7 @@ class Service:
         cache = self.pipe.embedding_cache
         return {"status": "ok", "config": self.pipe.config.name, "capabilities": list(self.capabilities),
                 "modalities": list(self.pipe.encoder.modalities), "queue": {"waiting": self.batcher.waiting,
-                "size": self.limits.queue_size}, "served": self.served,
+                "size": self.limits.queue_size, "oldest_wait_s": round(self.batcher.oldest_wait(), 3)}, "served": self.served,
                 "uptime_s": round(time.time() - self.started, 1), "batches": self.batcher.stats(),
                 "embedding_cache": cache.stats() if cache is not None else None}
 
