@@ -5,6 +5,7 @@ import re
 import secrets
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -124,11 +125,26 @@ def test_a_full_queue_refuses_cleanly_and_loses_nothing(server):
         except Exception as e:  # a lost request
             errors.append(e)
 
+    probes: list = []
+    done = threading.Event()
+
+    def probe() -> None:  # /healthz answers throughout, with the oldest waiting request's age
+        while not done.is_set():
+            r = httpx.get(server.url + "/healthz", timeout=30)
+            probes.append((r.status_code, r.json()["queue"]["oldest_wait_s"] if r.status_code == 200 else r.text))
+            time.sleep(0.05)
+
     threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
+    watcher = threading.Thread(target=probe)
+    watcher.start()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    done.set()
+    watcher.join()
+    assert {c for c, _ in probes} == {200}, probes[:3]
+    assert max(age for _, age in probes) > 0
     assert not errors and len(codes) == 12
     assert {c for c, _ in codes} <= {200, 503}
     assert any(c == 503 for c, _ in codes) and sum(c == 200 for c, _ in codes) >= 3

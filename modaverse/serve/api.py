@@ -70,12 +70,18 @@ class GenerateResponse(BaseModel):
     queued_s: float = Field(description="seconds spent waiting for the model")
 
 
+class Queue(BaseModel):
+    waiting: int = Field(description="requests queued, not yet decoding")
+    size: int = Field(description="how many may wait before the next is refused (503)")
+    oldest_wait_s: float = Field(description="how long the longest-waiting request has waited")
+
+
 class Health(BaseModel):
     status: str
     config: str
     capabilities: list[str]
     modalities: list[str]
-    queue: dict[str, int]
+    queue: Queue
     served: int
     uptime_s: float
     batches: dict = Field(description="max_batch, wait_ms, and how many batches of each size ran")
