@@ -82,3 +82,22 @@ def test_first_come_first_served_and_sampled_requests_share_batches(tiny_pipe):
     assert dict(batcher.sizes) == {1: 2, 2: 1}  # [hello], then [hi], then the sampled one with the greedy one
     assert jobs[0].started < jobs[1].started < jobs[2].started
     assert batcher.oldest_wait() == 0
+
+
+def test_a_batch_that_never_drains_holds_only_its_live_rows(tiny_pipe):
+    """Under steady load newcomers keep joining and the running batch never ends: its key/value cache
+    and its grammar state must not grow with the requests it has served."""
+    session = tiny_pipe.session(tiny_pipe.settings(max_new_tokens=24))
+    longest, served, most_rows = 0, 0, 0
+    for step in range(150):
+        if step % 3 == 0 and len(session) < 4:
+            session.admit([(step, Request(f"Tell me about shape number {step}.", ()))])
+        served += len(session.step())
+        decoder = session.decoder
+        if len(session):
+            longest = max(longest, decoder.mask.shape[1])
+        most_rows = max(most_rows, len(decoder.constraint.rows))
+    prompt = tiny_pipe.prepare("Tell me about shape number 100.", []).inputs_embeds.shape[1]
+    assert served > 20
+    assert longest <= prompt + 24 + 8  # one row's prompt and answer, not the whole history
+    assert most_rows <= 5

@@ -172,8 +172,16 @@ class Decoder:
         self.logits = torch.cat([self.logits, logits])
 
     def _keep(self, kept: torch.Tensor) -> torch.Tensor:
-        """Keeps the rows where ``kept`` (bool, batch order) is true, in the cache too; their indices."""
+        """Keeps the rows where ``kept`` (bool, batch order) is true, in the cache too; their indices.
+
+        A batch that newcomers keep joining may never drain, so nothing of a row may outlive it: its
+        grammar matcher goes, and so do the cache's leading positions that no remaining row attends to
+        (padding left of every row's first token), else the cache would grow with every step forever.
+        Positions are counted from each row's mask, so cutting columns where all rows are padding
+        changes no row's positions or attention."""
         keep = kept.nonzero().squeeze(-1)
+        if self.constraint is not None:
+            self.constraint.drop(r for r, k in zip(self.rows, kept.tolist(), strict=True) if not k)
         if not len(keep):
             self.rows, self.counts, self.cache, self.mask, self.logits = [], [], None, None, None
             self.samplings, self.generators = [], []
@@ -183,6 +191,11 @@ class Decoder:
         kept_rows = keep.tolist()
         self.rows, self.counts = [self.rows[k] for k in kept_rows], [self.counts[k] for k in kept_rows]
         self.samplings, self.generators = [self.samplings[k] for k in kept_rows], [self.generators[k] for k in kept_rows]
+        padding = int((self.mask.cumsum(-1) == 0).sum(-1).min())  # leading columns that are padding in every row
+        if padding and self.joinable:  # sliding-window layers keep their own window
+            self.mask = self.mask[:, padding:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, padding:], layer.values[:, :, padding:]
         return keep
 
     @torch.inference_mode()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,19 +227,27 @@ class MetaConstraint:
 
     def __init__(self, grammar: MetaGrammar, max_new_tokens: int):
         self.grammar, self.max_new_tokens = grammar, max_new_tokens
-        self.rows: list[_Row] = []
+        self.rows: dict[int, _Row] = {}  # a decoder's row ids, given in order from 0, to their rows
+        self._added = 0
         self._executor = None
         self._ahead: tuple[tuple[int, ...], Future] | None = None  # rows, and their masks being computed
         self._last, self._step_s = time.perf_counter(), 0.0  # when constrain was last called; the time between
 
     def add(self, count: int, budgets: Sequence[int] | None = None) -> None:
-        """``count`` more rows (a decoder's row ids are their positions here), each with its own matcher and
+        """``count`` more rows (ids in order, as the decoder gives them), each with its own matcher and
         token budget (default: the constraint's), near whose end the JSON is closed."""
         import llguidance
 
-        self.rows += [_Row(self.grammar, b) for b in (budgets or [self.max_new_tokens] * count)]
+        for budget in budgets or [self.max_new_tokens] * count:
+            self.rows[self._added] = _Row(self.grammar, budget)
+            self._added += 1
         if len(self.rows) > 1 and self._executor is None and self.grammar.vocab_size >= PARALLEL_VOCAB:
             self._executor = llguidance.LLExecutor()
+
+    def drop(self, rows: Iterable[int]) -> None:
+        """Rows that left the batch: their matchers go, so a batch that never drains holds only its live rows'."""
+        for b in rows:
+            self.rows.pop(b, None)
 
     def advance(self, b: int, token: int) -> None:
         """Row ``b`` chose ``token``."""
