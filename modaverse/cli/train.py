@@ -44,8 +44,10 @@ def register(sub) -> None:
                        description="One-stage training (adaptors + LoRA, or as `trainable:` says) on the "
                        "config's train.data. Checkpoints go to OUTPUT_DIR (step-N/ every train.save_every "
                        "steps, final/ at the end); --resume continues the latest one exactly. For several "
-                       "processes or GPUs: accelerate launch --config_file configs/accelerate/ddp.yaml "
-                       "-m modaverse train ...")
+                       "processes, GPUs or machines: accelerate launch --config_file "
+                       "configs/accelerate/ddp.yaml (or fsdp.yaml) -m modaverse train ...; on CPUs with "
+                       "ACCELERATE_USE_CPU=1. `modaverse configs` lists the launcher configs and what has run "
+                       "them; docs/training.md has the multi-machine and SLURM lines.")
     add_config_args(p)
     add_run_args(p, "train.output_dir", "optimizer steps in total (train.max_steps)",
                  "continue the run in OUTPUT_DIR from its latest checkpoint (a run with no checkpoint yet starts "
