@@ -212,8 +212,8 @@ def test_the_shipped_video_generator_animates_what_it_is_asked(tmp_path):
 
 def test_the_shipped_audio_generator_sounds_like_what_it_is_asked(tmp_path):
     """The offline profiles' text-to-audio (configs/checkpoints/zoo/text-to-audio: mel VAE, vocoder and UNet
-    trained) renders the asked kind of sound: the judge reads back a hum, a beep and noise. (Its chirps come
-    out as a steady high tone: docs/zoo.md gives the round trip's figures.)"""
+    trained) renders the asked kind of sound: the judge reads back a hum, a beep and noise. (Three chirps in
+    four come out as a steady high tone: docs/zoo.md gives the round trip's figures.)"""
     import soundfile
 
     for prompt, kind in [("a low hum", "low"), ("a high beep", "high"), ("a burst of white noise", "noise")]:
