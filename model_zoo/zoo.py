@@ -99,6 +99,13 @@ class Zoo:
                          "memory_mb": round(gen.memory_bytes() / 2**20, 1)})
         return rows
 
+    def residency(self) -> dict[str, Any]:
+        """What stays loaded and its bounds (``render.max_resident``, ``render.memory_budget_gb``): a server's
+        /healthz shows it."""
+        return {"loaded": list(self._resident), "max_resident": self.settings.max_resident,
+                "memory_budget_gb": self.settings.memory_budget_gb,
+                "resident_mb": round(self._resident_bytes() / 2**20, 1)}
+
     # -- memory --------------------------------------------------------------------------------
     def _resident_bytes(self) -> int:
         return sum(self.generators[c].memory_bytes() for c in self._resident)

@@ -131,8 +131,12 @@ def test_config_and_argument_errors(tmp_path):
 def test_configs_and_archs_commands():
     r = run_cli("configs")
     assert r.returncode == 0 and "tiny" in r.stdout.split() and "modaverse-7b" in r.stdout.split()
-    rows = {line.split()[0]: line for line in r.stdout.splitlines()}
+    profiles, launchers = r.stdout.split("\n\n")
+    rows = {line.split()[0]: line for line in profiles.splitlines()}
     assert "SmolLM2-135M-Instruct" in rows["smol"] and "paper scale" in rows["modaverse-7b"]  # each says what it is
+    launch = {line.split()[0]: line for line in launchers.splitlines()[1:]}  # and each launcher config what ran it
+    assert "GPU-only, untested" in launch["configs/accelerate/zero2.yaml"]
+    assert "run in CI" in launch["configs/accelerate/fsdp.yaml"]
     r = run_cli("configs", "--config", "tiny", "--set", "encoder.batch_size=5")
     assert r.returncode == 0 and "batch_size: 5" in r.stdout
     r = run_cli("archs")

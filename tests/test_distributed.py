@@ -1,4 +1,5 @@
-"""Training beyond one process: FSDP2, two machines simulated on loopback, features encoded by every rank.
+"""Training beyond one process: DDP and FSDP2, two machines simulated on loopback, features encoded by every
+rank.
 
 Every run is a real ``accelerate launch`` of ``modaverse train``: two CPU processes over gloo, each
 on half the global batch of a one-process run on the same data, which is the reference.
@@ -99,6 +100,11 @@ def test_fsdp_matches_one_process_and_resumes_after_sigkill(data, one_process, t
     _like(run, reference)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["processes"] == 2 and len(set(summary["weights_sha256"])) == 1
+    assert r.stderr.count("examples (") == 1 and r.stderr.count(" parameters (") == 1  # one process speaks
+    # an error every process meets is printed once
+    again = subprocess.run(_launch(*FSDP, *_train_args(data, run, cache, 4)), capture_output=True, text=True,
+                           timeout=600, env=ENV, cwd=ROOT)
+    assert again.returncode != 0 and again.stderr.count("already holds a training run") == 1, again.stderr[-2000:]
     # a real SIGKILL of the launcher's whole process group after the step-2 checkpoint, then --resume
     cut = tmp_path / "cut"
     cmd = _launch(*FSDP, *_train_args(data, cut, cache, 4))

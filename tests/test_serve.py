@@ -39,6 +39,9 @@ def test_binds_loopback_and_reports_health(server):
     health = httpx.get(server.url + "/healthz").json()
     assert health["status"] == "ok" and health["config"] == "tiny"
     assert "text-to-image" in health["capabilities"] and len(health["modalities"]) == 6
+    # every bound on what the server keeps is visible: queue, embeddings, generators loaded
+    assert health["queue"]["size"] > 0 and health["queue"]["oldest_wait_s"] == 0
+    assert health["embedding_cache"]["size"] > 0 and health["generators"]["max_resident"] >= 1
     assert f"Uvicorn running on http://127.0.0.1:{server.port}" in server.output()
     assert "gradio.live" not in server.output() and "share" not in server.output().lower()
 

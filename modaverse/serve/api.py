@@ -86,6 +86,7 @@ class Health(BaseModel):
     uptime_s: float
     batches: dict = Field(description="max_batch, wait_ms, and how many batches of each size ran")
     embedding_cache: dict | None = Field(description="entries, size, hits and misses of the embeddings LRU")
+    generators: dict = Field(description="generators loaded, and the bounds on how many and how much memory")
 
 
 ERRORS = {code: {"description": text, "content": {"application/json": {"example": {"detail": "..."}}}}

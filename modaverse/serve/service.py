@@ -169,6 +169,7 @@ class Service:
                 "modalities": list(self.pipe.encoder.modalities), "queue": {"waiting": self.batcher.waiting,
                 "size": self.limits.queue_size, "oldest_wait_s": round(self.batcher.oldest_wait(), 3)}, "served": self.served,
                 "uptime_s": round(time.time() - self.started, 1), "batches": self.batcher.stats(),
+                "generators": self.pipe.zoo.residency(),
                 "embedding_cache": cache.stats() if cache is not None else None}
 
     def arriving(self) -> Arrival:
