@@ -225,9 +225,11 @@ def test_killed_run_resumes_to_the_same_weights(synth, tmp_path):
 
 
 def test_eval_invocations_cli(synth, tmp_path):
-    run = tmp_path / "run"
-    assert run_cli("train", "--config", "tiny-train", "--output-dir", run, "--max-steps", "3",
-                   *[f"--set={s}" for s in _fast(synth, tmp_path / "cache", "train.eval_data=null")]).returncode == 0
+    from modaverse.training.recipe import train
+
+    run = tmp_path / "run"  # a short run to score, trained in this process
+    train(load_config("tiny-train", _fast(synth, tmp_path / "cache", "train.eval_data=null", "train.max_steps=3")),
+          output_dir=run, progress=False)
     r = run_cli("eval", "invocations", "--data", synth / "test.jsonl", "--config", "tiny-train",
                 "--checkpoint", run, "--set", f"train.feature_cache={tmp_path / 'cache'}")
     assert r.returncode == 0, r.stderr
