@@ -82,7 +82,15 @@ def _proc(pid: int) -> tuple[float, int]:
 
 
 def _size_mb(folder: Path) -> float:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20 if folder.exists() else 0.0
+    """The folder's size; what ``--outputs-ttl`` prunes during the walk counts as gone."""
+    total = 0
+    for root, _, files in os.walk(folder):  # os.walk skips folders removed under it; rglob raises
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                pass
+    return total / 2**20
 
 
 def soak(args) -> dict:
