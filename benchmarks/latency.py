@@ -95,7 +95,7 @@ def grammar_step_cost(tokenizer, steps: int = 3000) -> dict:
     for _ in range(steps):
         if proc is None:
             proc = grammar.processor(max_new_tokens=10**9)
-            proc.add(1)
+            proc.add([0])
         scores = torch.randn(1, grammar.vocab_size, generator=gen)
         t = time.perf_counter()
         if ids:  # the step's work: consume the last token, then mask the next

@@ -133,7 +133,7 @@ class Decoder:
             self._stops = torch.tensor(self.stop_ids, dtype=torch.long, device=device)
             self._suppress = torch.tensor(self.suppress_ids, dtype=torch.long, device=device)
         if self.constraint is not None:
-            self.constraint.add(len(prompts), budgets)
+            self.constraint.add(ids, budgets)
         shared = [self.prefix is not None and self.prefix.starts(p) for p in prompts]
         for prefixed in (True, False):  # the rows after the shared prefix, then any that do not start with it
             group = [k for k, s in enumerate(shared) if s == prefixed]

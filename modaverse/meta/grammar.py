@@ -227,20 +227,18 @@ class MetaConstraint:
 
     def __init__(self, grammar: MetaGrammar, max_new_tokens: int):
         self.grammar, self.max_new_tokens = grammar, max_new_tokens
-        self.rows: dict[int, _Row] = {}  # a decoder's row ids, given in order from 0, to their rows
-        self._added = 0
+        self.rows: dict[int, _Row] = {}  # a decoder's row ids to their rows
         self._executor = None
         self._ahead: tuple[tuple[int, ...], Future] | None = None  # rows, and their masks being computed
         self._last, self._step_s = time.perf_counter(), 0.0  # when constrain was last called; the time between
 
-    def add(self, count: int, budgets: Sequence[int] | None = None) -> None:
-        """``count`` more rows (ids in order, as the decoder gives them), each with its own matcher and
-        token budget (default: the constraint's), near whose end the JSON is closed."""
+    def add(self, rows: Sequence[int], budgets: Sequence[int] | None = None) -> None:
+        """More rows, under the decoder's ids, each with its own matcher and token budget (default: the
+        constraint's), near whose end the JSON is closed."""
         import llguidance
 
-        for budget in budgets or [self.max_new_tokens] * count:
-            self.rows[self._added] = _Row(self.grammar, budget)
-            self._added += 1
+        for b, budget in zip(rows, budgets or [self.max_new_tokens] * len(rows), strict=True):
+            self.rows[b] = _Row(self.grammar, budget)
         if len(self.rows) > 1 and self._executor is None and self.grammar.vocab_size >= PARALLEL_VOCAB:
             self._executor = llguidance.LLExecutor()
 
