@@ -144,6 +144,10 @@ class DiffusersGenerator:
                    if isinstance(c, torch.nn.Module) for p in c.parameters())
 
     # -- rendering ------------------------------------------------------------------------------
+    def check_inputs(self, prompt: str, params: dict[str, Any], inputs: Sequence[MediaInput] = ()) -> None:
+        """Refuses a request this generator cannot serve before its weights load (the zoo calls it
+        first when a plug-in has it); raises ModaverseError."""
+
     def common_kwargs(self, params: dict[str, Any]) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
         if "steps" in params:

@@ -20,15 +20,18 @@ class InstructPix2Pix(DiffusersGenerator):
     pipeline = "StableDiffusionInstructPix2PixPipeline"
     options = COMMON_OPTIONS | {"image_guidance", "width", "height"}
 
+    def check_inputs(self, prompt, params, inputs=()) -> None:
+        if not any(i.modality == "image" for i in inputs):
+            raise ModaverseError(f"{self.capability} edits an image, but this turn has no image input "
+                                 "(attach one; to `modaverse render`, give it with -i FILE)")
+
     def render(self, prompt, params, out_dir: Path, inputs=()) -> list[Path]:
         from PIL import Image
 
         from modaverse.media.image import open_image
 
+        self.check_inputs(prompt, params, inputs)
         images = [i for i in inputs if i.modality == "image"]
-        if not images:
-            raise ModaverseError(f"{self.capability} edits an image, but this turn has no image input "
-                                 "(attach one; to `modaverse render`, give it with -i FILE)")
         source = open_image(images[-1].path).convert("RGB")  # the same size guard as every decode
         kwargs = self.common_kwargs(params)
         # The pipeline edits at the input's own size; width/height (when given) resize it first, to a

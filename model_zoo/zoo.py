@@ -150,9 +150,11 @@ class Zoo:
     def render(self, capability: str, prompt: str, params: dict[str, Any], out_dir: Path,
                inputs: Sequence[MediaInput] = (), seed: int | None = None) -> list[Path]:
         """Renders one prompt; writes files and their JSON sidecars. Raises on failure."""
-        options = self._generator(capability).options  # raises for an unconfigured capability
-        merged = check_params(capability, options, {**self.configs[capability].defaults, **params})
+        gen = self._generator(capability)  # raises for an unconfigured capability
+        merged = check_params(capability, gen.options, {**self.configs[capability].defaults, **params})
         merged.setdefault("seed", self.seed if seed is None else seed)
+        if hasattr(gen, "check_inputs"):  # optional for plug-ins: before any weights load
+            gen.check_inputs(prompt, merged, inputs)
         gen = self.acquire(capability)
         t = time.perf_counter()
         files = gen.render(prompt, merged, out_dir, inputs)

@@ -81,8 +81,10 @@ def test_image_editing_uses_the_turns_image(zoo, tmp_path, image_input):
     assert Image.open(path).size == (64, 64)
     assert np.array_equal(_pixels(path), _pixels(again))  # same image, prompt and seed: same output
     assert np.abs(_pixels(path) - _pixels(edited_other)).max() > 8  # only the input changed, and the output did
+    fresh = Zoo.from_config(load_config("tiny"))
     with pytest.raises(ModaverseError, match="image-editing edits an image, but this turn has no image input"):
-        zoo.render("image-editing", "make it snowy", {}, tmp_path)
+        fresh.render("image-editing", "make it snowy", {}, tmp_path)
+    assert not fresh.generators["image-editing"].loaded  # refused before its weights load
 
 
 @pytest.mark.parametrize("plugin, capability, params", [
