@@ -37,10 +37,6 @@ def _read_encoder_json(path: str):
 
 def cmd_embed(args: argparse.Namespace) -> int:
     """Embed media files with ImageBind into OUT.safetensors."""
-    from tqdm.auto import tqdm
-
-    from modaverse.media.sniff import check_file
-
     out = Path(args.output)
     if out.suffix != ".safetensors":
         raise ModaverseError(f"{out}: the output must be a .safetensors file")
@@ -53,6 +49,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if args.encoder_config and not args.weights:
         raise ModaverseError("--encoder-config needs --weights (the checkpoint those kwargs describe)")
     check_writable(out)
+    from tqdm.auto import tqdm
+
+    from modaverse.media.sniff import check_file  # torch comes with it: after the checks that need none
+
     for f in args.files:  # cheap checks first: fail before any model is built
         check_file(Path(f))
 

@@ -84,14 +84,23 @@ def _sample(scores: torch.Tensor, sampling: Sampling, generator: torch.Generator
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def _choose(scores: torch.Tensor, samplings: Sequence[Sampling], generators: Sequence[torch.Generator | None]
-            ) -> torch.Tensor:
+@dataclass
+class _Row:
+    """One row of a running batch: its id, its own settings and generator, the tokens chosen so far."""
+
+    id: int
+    sampling: Sampling
+    generator: torch.Generator | None  # a sampled row's own, seeded with its seed
+    count: int = 0
+
+
+def _choose(scores: torch.Tensor, rows: Sequence[_Row]) -> torch.Tensor:
     """Every row's next token: greedy rows by one argmax over the batch, sampled rows each with its own
     seeded generator, so a row's tokens depend on its own seed and inputs, not on the rows beside it."""
     chosen = scores.argmax(-1)
-    for k, (sampling, generator) in enumerate(zip(samplings, generators, strict=True)):
-        if generator is not None:
-            chosen[k] = _sample(scores[k], sampling, generator)
+    for k, row in enumerate(rows):
+        if row.generator is not None:
+            chosen[k] = _sample(scores[k], row.sampling, row.generator)
     return chosen
 
 
@@ -105,15 +114,17 @@ class Decoder:
         self.prefix = prefix if prefix is not None and prefix.usable else None
         self.stop_ids, self.suppress_ids = sorted(set(stop_ids)), sorted(set(suppress_ids))
         self._stops = self._suppress = None  # as tensors on the model's device, made at the first join
-        self.rows: list[int] = []  # the id of each row still in the batch, in batch order
-        self.counts: list[int] = []  # tokens chosen so far, per row
-        self.samplings: list[Sampling] = []  # each row's settings, in batch order
-        self.generators: list[torch.Generator | None] = []  # each sampled row's own, seeded with its seed
+        self.rows: list[_Row] = []  # the rows still in the batch, in batch order
         self.cache = self.mask = self.logits = None
         self._next_id = 0
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def ids(self) -> list[int]:
+        """The ids of the rows still in the batch, in batch order."""
+        return [row.id for row in self.rows]
 
     @property
     def joinable(self) -> bool:
@@ -140,11 +151,8 @@ class Decoder:
             if group:
                 cut = len(self.prefix) if prefixed else 0
                 self._add(*self._prefill([prompts[k][:, cut:] for k in group], prefixed))
-                self.rows += [ids[k] for k in group]
-                self.samplings += [samplings[k] for k in group]
-                self.generators += [torch.Generator(device=device).manual_seed(samplings[k].seed)
-                                    if samplings[k].temperature > 0 else None for k in group]
-        self.counts += [0] * len(ids)
+                self.rows += [_Row(ids[k], samplings[k], torch.Generator(device=device).manual_seed(samplings[k].seed)
+                                   if samplings[k].temperature > 0 else None) for k in group]
         return ids
 
     def _prefill(self, prompts: Sequence[torch.Tensor], prefixed: bool):
@@ -181,16 +189,13 @@ class Decoder:
         changes no row's positions or attention."""
         keep = kept.nonzero().squeeze(-1)
         if self.constraint is not None:
-            self.constraint.drop(r for r, k in zip(self.rows, kept.tolist(), strict=True) if not k)
+            self.constraint.drop(r.id for r, k in zip(self.rows, kept.tolist(), strict=True) if not k)
         if not len(keep):
-            self.rows, self.counts, self.cache, self.mask, self.logits = [], [], None, None, None
-            self.samplings, self.generators = [], []
+            self.rows, self.cache, self.mask, self.logits = [], None, None, None
             return keep
         self.cache.batch_select_indices(keep)
         self.mask, self.logits = self.mask[keep], self.logits[keep]
-        kept_rows = keep.tolist()
-        self.rows, self.counts = [self.rows[k] for k in kept_rows], [self.counts[k] for k in kept_rows]
-        self.samplings, self.generators = [self.samplings[k] for k in kept_rows], [self.generators[k] for k in kept_rows]
+        self.rows = [self.rows[k] for k in keep.tolist()]
         padding = int((self.mask.cumsum(-1) == 0).sum(-1).min())  # leading columns that are padding in every row
         if padding and self.joinable:  # sliding-window layers keep their own window
             self.mask = self.mask[:, padding:]
@@ -201,8 +206,8 @@ class Decoder:
     @torch.inference_mode()
     def leave(self, rows: set[int]) -> None:
         """Rows that end before their answer does (a client went away): out of the batch and its cache."""
-        if rows & set(self.rows):
-            self._keep(torch.tensor([r not in rows for r in self.rows]))
+        if rows & set(self.ids):
+            self._keep(torch.tensor([r.id not in rows for r in self.rows]))
 
     @torch.inference_mode()
     def step(self) -> list[int]:
@@ -212,23 +217,23 @@ class Decoder:
         if len(self._suppress):
             scores[:, self._suppress] = float("-inf")
         if self.constraint is not None:
-            scores = self.constraint.constrain(self.rows, scores)
-        chosen = _choose(scores, self.samplings, self.generators)
+            scores = self.constraint.constrain(self.ids, scores)
+        chosen = _choose(scores, self.rows)
         ended = torch.isin(chosen, self._stops)
         for k, (row, token) in enumerate(zip(self.rows, chosen.tolist(), strict=True)):
-            self.counts[k] += 1
+            row.count += 1
             if self.constraint is not None:
-                self.constraint.advance(row, token)
-            if ((self.on_token is not None and self.on_token(row, token))
-                    or self.counts[k] >= self.samplings[k].max_new_tokens):
+                self.constraint.advance(row.id, token)
+            if ((self.on_token is not None and self.on_token(row.id, token))
+                    or row.count >= row.sampling.max_new_tokens):
                 ended[k] = True
-        finished = [row for row, e in zip(self.rows, ended.tolist(), strict=True) if e]
+        finished = [row.id for row, e in zip(self.rows, ended.tolist(), strict=True) if e]
         if finished:  # the finished rows leave the batch and its cache
             chosen = chosen[self._keep(~ended)]
         if not self.rows:
             return finished
         if self.constraint is not None:
-            self.constraint.prefetch(self.rows)  # the grammar's next masks, made while the model runs
+            self.constraint.prefetch(self.ids)  # the grammar's next masks, made while the model runs
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
         positions = self.mask.sum(-1, keepdim=True) - 1
         out = self.model(input_ids=chosen[:, None], attention_mask=self.mask, position_ids=positions, cache=self.cache,
