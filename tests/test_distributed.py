@@ -157,3 +157,22 @@ def test_two_machines_on_loopback_train_as_one(data, one_process, tmp_path):
     reference, losses = one_process["full"]
     assert _losses(machine0) == pytest.approx(losses, rel=1e-3)
     _like(run, reference)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"WORLD_SIZE": "2"}, "the launcher started 2 processes but accelerate joined 1"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, "asks for DeepSpeed, which accelerate runs only on GPUs"),
+])
+def test_a_launch_accelerate_would_run_as_something_else_is_refused(monkeypatch, env, message):
+    """What accelerate does on CPUs with these settings (a one-process job, DeepSpeed dropped) is refused."""
+    from accelerate import Accelerator
+
+    from modaverse.core.errors import ModaverseError
+    from modaverse.training import sharding
+
+    acc = Accelerator(cpu=True)
+    assert sharding.check_launch(acc) is False  # one process: nothing to shard
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ModaverseError, match=message):
+        sharding.check_launch(acc)

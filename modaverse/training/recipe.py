@@ -86,8 +86,7 @@ class TrainingRecipe(Recipe):
                                      project_dir=str(self.out),
                                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         self.main = acc.is_main_process
-        _check_launch(acc)
-        self.sharded = acc.num_processes > 1 and sharding.requested()
+        self.sharded = sharding.check_launch(acc)
         if self.main and acc.num_processes > 1 and acc.device.type == "cpu":
             log.warning("%d training processes on CPUs share this machine's %s cores (the accelerate config asks "
                         "for them; configs/accelerate/*.yaml are written for one process per GPU)",
@@ -328,19 +327,6 @@ def train(config: Config, *, output_dir: str | Path | None = None, resume: bool 
     """Runs (or resumes) a training run; returns its summary (also written to ``summary.json``)."""
     return TrainingRecipe(config, output_dir=output_dir, resume=resume, overwrite=overwrite, progress=progress,
                           evaluate=evaluate).run()
-
-
-def _check_launch(acc) -> None:
-    """Refuses a launch accelerate would quietly run as something else."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    if deepspeed and (acc.distributed_type.value != "DEEPSPEED" or acc.num_processes != world):
-        raise ModaverseError("the accelerate config asks for DeepSpeed, which accelerate runs only on GPUs (on CPUs it "
-                             "either drops DeepSpeed or starts processes that never join); on CPUs use "
-                             "configs/accelerate/fsdp.yaml or ddp.yaml (docs/training.md)")
-    if acc.num_processes != world:
-        raise ModaverseError(f"the launcher started {world} processes but accelerate joined {acc.num_processes}; on "
-                             "CPUs set ACCELERATE_USE_CPU=1 (docs/training.md)")
 
 
 def _targets(batch) -> int:

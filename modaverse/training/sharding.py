@@ -27,9 +27,20 @@ from modaverse.core.errors import ModaverseError
 OPTIMIZER_FILE = "optimizer.pt"
 
 
-def requested() -> bool:
-    """Whether the launcher asked for FSDP (``accelerate launch --config_file configs/accelerate/fsdp.yaml``)."""
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+def check_launch(acc) -> bool:
+    """Refuses a launch accelerate would quietly run as something else; whether the model is to be
+    sharded (several processes, and the launcher asked for FSDP with
+    ``accelerate launch --config_file configs/accelerate/fsdp.yaml``)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if deepspeed and (acc.distributed_type.value != "DEEPSPEED" or acc.num_processes != world):
+        raise ModaverseError("the accelerate config asks for DeepSpeed, which accelerate runs only on GPUs (on CPUs it "
+                             "either drops DeepSpeed or starts processes that never join); on CPUs use "
+                             "configs/accelerate/fsdp.yaml or ddp.yaml (docs/training.md)")
+    if acc.num_processes != world:
+        raise ModaverseError(f"the launcher started {world} processes but accelerate joined {acc.num_processes}; on "
+                             "CPUs set ACCELERATE_USE_CPU=1 (docs/training.md)")
+    if acc.num_processes == 1 or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
         return False
     if os.environ.get("FSDP_VERSION", "2") != "2":
         raise ModaverseError(f"fsdp_version {os.environ['FSDP_VERSION']}: modaverse shards with FSDP2 "
