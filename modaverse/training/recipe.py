@@ -215,12 +215,14 @@ class TrainingRecipe(Recipe):
             # and micro-batches (data-parallel gradients are averaged over processes, hence the world factor)
             counts = [_targets(b) for b in batches]
             share = world / max(1.0, acc.reduce(torch.tensor(float(sum(counts)), device=acc.device), "sum").item())
+            # DeepSpeed's engine divides each micro-batch's loss by its accumulation steps again (untested on GPU)
+            undo = t.grad_accum if acc.distributed_type.value == "DEEPSPEED" else 1
             step_loss = torch.zeros(())
             for a, (batch, n) in enumerate(zip(batches, counts, strict=True)):
                 sync = contextlib.nullcontext() if a == t.grad_accum - 1 else acc.no_sync(model)
                 with sync:
                     loss = model(batch, self.table, every_parameter=self.sharded) * (n * share)
-                    acc.backward(loss)
+                    acc.backward(loss * undo)
                 step_loss += loss.detach().cpu()
                 tokens += int(batch.attention_mask.sum())
             losses.append(step_loss)
