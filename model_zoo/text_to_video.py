@@ -17,6 +17,11 @@ class TextToVideoMS(DiffusersGenerator):
     pipeline = "TextToVideoSDPipeline"
     options = COMMON_OPTIONS | {"width", "height", "frames", "fps", "format"}
 
+    def _from_pretrained(self, dtype):
+        import model_zoo.video_unet  # noqa: F401  diffusers loads a folder's custom UNet class only once imported
+
+        return super()._from_pretrained(dtype)
+
     def render(self, prompt, params, out_dir: Path, inputs=()) -> list[Path]:
         kwargs = self.common_kwargs(params)
         if "frames" in params:

@@ -70,6 +70,8 @@ def test_samples_are_pure_functions_of_seed_and_index():
     (["zoo", "train", "text-to-smell"], ["text-to-smell", "text-to-image"]),
     (["zoo", "train", "text-to-image", "--set", "zoo_train.steps.text-to-image={vocoder: 5}"], ["vocoder", "vae, unet"]),
     (["zoo", "train", "text-to-image", "--set", "zoo_train.size=36"], ["zoo_train.size 36"]),
+    (["zoo", "train", "text-to-video", "--set", "zoo_train.zero_terminal_snr=true"],
+     ["zero_terminal_snr needs prediction_type v_prediction"]),
 ])
 def test_zoo_train_refuses_bad_input_in_one_line(args, needles, tmp_path):
     one_line_error(run_cli(*args, "-o", tmp_path / "run"), *needles)
@@ -153,16 +155,24 @@ def test_video_editing_and_audio_train_and_their_real_plugins_render(tmp_path):
     one_line_error(run_cli("zoo", "train", "text-to-video", *tiny), "text-to-image", "first")
     one_line_error(run_cli("zoo", "train", "text-to-image", "text-to-video", "-o", tmp_path / "x", *tiny),
                    "--output-dir", "several")
-    # one command trains all four, text-to-image first though named last; video learns the velocity
+    # one command trains all four, text-to-image first though named last; they learn the velocity on a
+    # schedule whose last step is pure noise
     r = run_cli("zoo", "train", "text-to-video", "image-editing", "text-to-audio", "text-to-image", *tiny,
-                "--set", "zoo_train.prediction_type=v_prediction")
+                "--set", "zoo_train.prediction_type=v_prediction", "--set", "zoo_train.zero_terminal_snr=true")
     assert r.returncode == 0, r.stderr
     trained = [json.loads(line)["capability"] for line in r.stdout.splitlines()]
     assert trained == ["text-to-image", "text-to-video", "image-editing", "text-to-audio"]
     assert all((root / c / "final" / "model_index.json").is_file() for c in trained)
     scheduler = json.loads((root / "text-to-video" / "final" / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["prediction_type"] == "v_prediction"  # the saved scheduler tells the pipeline so
+    assert scheduler["rescale_betas_zero_snr"] and scheduler["timestep_spacing"] == "trailing"
     assert "v_mse" in json.loads((root / "text-to-video" / "summary.json").read_text())["last"]
+    # video's text encoder learned the captions first (its own copy: the image pipeline's is untouched)
+    from safetensors.torch import load_file
+
+    video_text, image_text = (load_file(root / c / "final" / "text_encoder" / "model.safetensors")
+                              for c in ("text-to-video", "text-to-image"))
+    assert not all(torch.equal(video_text[k], image_text[k]) for k in image_text)
     picture = tmp_path / "in.png"
     from PIL import Image
 
@@ -212,11 +222,24 @@ def test_the_shipped_video_generator_animates_what_it_is_asked(tmp_path):
 
 def test_the_shipped_audio_generator_sounds_like_what_it_is_asked(tmp_path):
     """The offline profiles' text-to-audio (configs/checkpoints/zoo/text-to-audio: mel VAE, vocoder and UNet
-    trained) renders the asked kind of sound: the judge reads back a hum, a beep and noise. (Three chirps in
-    four come out as a steady high tone: docs/zoo.md gives the round trip's figures.)"""
+    trained) renders the asked kind of sound: the judge reads back a hum, a beep, noise and a rising chirp."""
     import soundfile
 
-    for prompt, kind in [("a low hum", "low"), ("a high beep", "high"), ("a burst of white noise", "noise")]:
+    for prompt, kind in [("a low hum", "low"), ("a high beep", "high"), ("a burst of white noise", "noise"),
+                         ("a rising chirp", "chirp")]:
         wav, = _render("text-to-audio", prompt, {"seed": 1}, tmp_path / kind)
         wave, rate = soundfile.read(str(wav))
         assert rate == 16000 and judges.sound(wave) == kind, (prompt, judges.sound(wave))
+
+
+def test_the_vocoder_also_learns_tones_and_sweeps_across_the_band():
+    """Half the vocoder's slices are sine waves at random pitches, steady or gliding: tonal (never noise to the
+    judge), from the low end of the band to its top, so a chirp's passing pitches were all seen."""
+    from modaverse.training.audio_generator import _sweeps
+
+    waves = _sweeps(64, 20480, torch.Generator().manual_seed(0)).numpy()
+    kinds = [judges.sound(w) for w in waves]
+    freqs = np.fft.rfftfreq(judges.FRAME, 1 / 16000)
+    starts = [freqs[np.argmax(judges.loud_power(w)[0])] for w in waves]
+    assert "noise" not in kinds and {"low", "high", "chirp"} <= set(kinds)
+    assert min(starts) < 200 and max(starts) > 2500

@@ -280,3 +280,32 @@ def test_sdxl_checkpoints_load_through_the_same_plugin(tmp_path):
     (png,) = zoo.render("text-to-image", "a lighthouse", {"seed": 2}, tmp_path / "out")
     assert type(zoo.generators["text-to-image"].pipe).__name__ == "StableDiffusionXLPipeline"
     assert Image.open(png).size == (64, 64)
+
+
+def test_the_frame_aware_video_unet_knows_frame_order_and_loads_as_itself(tmp_path):
+    """ModelScope's UNet answers a clip played backwards with its answer played backwards (it cannot tell
+    first from last); the frame-aware one does not, and a TextToVideoSDPipeline folder brings it back."""
+    import torch
+    from diffusers import TextToVideoSDPipeline
+
+    from model_zoo import tiny
+    from model_zoo.video_unet import FrameAwareUNet3D
+
+    torch.manual_seed(0)
+    plain = tiny.unet3d()
+    aware = FrameAwareUNet3D.from_config(plain.config)
+    aware.load_state_dict(plain.state_dict())  # the same weights: only the frame positions differ
+    clip, text = torch.randn(1, 4, 4, 16, 16), torch.randn(1, 5, 32)
+
+    def backwards_gap(unet) -> float:
+        with torch.no_grad():
+            return float((unet(clip, 10, text).sample - unet(clip.flip(2), 10, text).sample.flip(2)).abs().max())
+
+    assert backwards_gap(plain) < 1e-5 and backwards_gap(aware) > 1e-2
+    tok = tiny.tokenizer()
+    TextToVideoSDPipeline(vae=tiny.vae(), text_encoder=tiny.clip_text(tok), tokenizer=tok, unet=aware,
+                          scheduler=tiny.scheduler()).save_pretrained(tmp_path)
+    loaded = TextToVideoSDPipeline.from_pretrained(tmp_path).unet
+    assert type(loaded) is FrameAwareUNet3D
+    with torch.no_grad():
+        assert torch.equal(loaded(clip, 10, text).sample, aware(clip, 10, text).sample)

@@ -290,8 +290,8 @@ class BindConfig(Settings):
 
 #: Each tiny generator's stages and their steps, sized for a run of about 45 minutes on a 2-core CPU; docs/zoo.md
 #: gives each shipped run's measured time (audio's took 48 minutes of CPU time, over the budget).
-GENERATOR_STEPS = {"text-to-image": {"vae": 1000, "unet": 7000}, "text-to-video": {"unet": 3000},
-                   "image-editing": {"unet": 5000}, "text-to-audio": {"vae": 1000, "vocoder": 6000, "unet": 3000}}
+GENERATOR_STEPS = {"text-to-image": {"vae": 1000, "unet": 7000}, "text-to-video": {"text_encoder": 300, "unet": 3000},
+                   "image-editing": {"unet": 5000}, "text-to-audio": {"vae": 1000, "vocoder": 6000, "unet": 2000}}
 
 
 class ZooTrainConfig(Settings):
@@ -309,7 +309,8 @@ class ZooTrainConfig(Settings):
     seconds: float = Field(1.28, gt=0, le=10, description="length of the training sounds (text-to-audio): 128 mel frames, which the VAE and UNet halve evenly")
     steps: dict[str, dict[str, int]] = Field(
         default_factory=lambda: {k: dict(v) for k, v in GENERATOR_STEPS.items()},
-        description="capability -> stage -> optimizer steps (stages: vae, unet; for audio also vocoder); a key "
+        description="capability -> stage -> optimizer steps (stages: vae, unet; for audio also vocoder; for video "
+                    "text_encoder first); a key "
                     "given replaces that one stage's default, 0 skips the stage")
     init_from: str | None = Field(None, description="the trained text-to-image pipeline video and editing start "
                                   "from; null = OUTPUT_DIR/text-to-image/final")
@@ -320,6 +321,9 @@ class ZooTrainConfig(Settings):
                                     "the other stages buys twice the steps in the same time, which tones need")
     audio_vae_channels: list[int] = Field(default_factory=lambda: [16, 32, 32],
                                           description="mel VAE block widths (a log-mel is 4x a picture's pixels)")
+    vocoder_sweep_share: float = Field(0.5, ge=0, le=1, description="share of the vocoder's slices that are tones "
+                                       "and sweeps at random pitches instead of the world's sounds: a vocoder inverts "
+                                       "any log-mel, and a chirp passes through pitches no steady sound holds")
     vocoder_channels: int = Field(128, ge=8, description="HiFi-GAN vocoder: channels before its first upsampling "
                                   "(at 32, 2,000 steps still left tones silent)")
     lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW), warmup then cosine, per stage")
@@ -328,6 +332,11 @@ class ZooTrainConfig(Settings):
         "epsilon", description="what the UNet learns to predict: the noise (Stable Diffusion 1.x) or the velocity "
         "(2.x), whose loss stays large at the noisiest steps, where layout and motion are decided; written into the "
         "pipeline's scheduler config")
+    zero_terminal_snr: bool = Field(
+        False, description="rescale the noise schedule so its last step is pure noise (Lin et al. 2024), sampled "
+        "from that step ('trailing' timesteps); needs v_prediction. Otherwise the UNet learns to read a clip's layout "
+        "and motion from the signal left at the last step, which pure noise at render time does not have; written "
+        "into the pipeline's scheduler config")
     caption_dropout: float = Field(0.1, ge=0, lt=1, description="share of captions replaced by the empty prompt")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the UNet's weights (what ships)")
     kl_weight: float = Field(1e-4, ge=0, description="VAE: weight of the KL term beside the reconstruction")
@@ -337,6 +346,13 @@ class ZooTrainConfig(Settings):
     unet_channels: list[int] = Field(default_factory=lambda: [32, 64], description="UNet block widths")
     unet_layers: int = Field(2, ge=1, description="resnet layers per UNet block")
     text_hidden: int = Field(64, ge=8, description="width of the frozen, seeded text encoder")
+    @model_validator(mode="after")
+    def _zero_snr_needs_velocity(self):
+        if self.zero_terminal_snr and self.prediction_type != "v_prediction":
+            raise ValueError("zero_terminal_snr needs prediction_type v_prediction (at zero SNR the noise is the "
+                             "input itself, so predicting it teaches nothing)")
+        return self
+
     @field_validator("steps", mode="before")
     @classmethod
     def _over_the_defaults(cls, value: Any) -> Any:

@@ -5,7 +5,8 @@ embedding (a class embedding, not cross-attention), the VAE decodes them to a lo
 and a HiFi-GAN vocoder turns that into a waveform. A random decoder or vocoder renders noise
 whatever the UNet learns, so the stages run in that order of dependence: the VAE on log-mels of
 the world's sounds, the vocoder from those log-mels back to their waveforms (HiFi-GAN's log-mel
-L1 at three resolutions, without its discriminators), then the UNet, as
+L1 at three resolutions, without its discriminators; half its slices tones and sweeps at random
+pitches, below), then the UNet, as
 :class:`~modaverse.training.generators.GeneratorRecipe` trains every UNet.
 
 Why log-mels only: a magnitude loss on fine STFT bins costs a tone a few bins off more than
@@ -95,6 +96,8 @@ class AudioGeneratorRecipe(GeneratorRecipe):
     def _vocoder_step(self, step: int, g: torch.Generator) -> dict[str, torch.Tensor]:
         """On a random 0.32-s slice of each sound (the vocoder is convolutional: a quarter of the cost)."""
         _, waves = self._waves(step, self.z.vocoder_batch_size)
+        sweeps = round(len(waves) * self.z.vocoder_sweep_share)
+        waves[:sweeps] = _sweeps(sweeps, waves.shape[-1], g)
         frames = waves.shape[-1] // HOP
         start = int(torch.randint(0, max(1, frames - VOCODER_FRAMES + 1), (1,), generator=g)) * HOP
         waves = waves[:, start : start + VOCODER_FRAMES * HOP]
@@ -114,6 +117,22 @@ class AudioGeneratorRecipe(GeneratorRecipe):
 
     def _predict(self, noisy: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.pipe.unet(noisy, t, encoder_hidden_states=None, class_labels=cond).sample
+
+
+def _sweeps(n: int, samples: int, g: torch.Generator) -> torch.Tensor:
+    """``[n, samples]`` sine waves gliding between two pitches drawn log-uniformly from 100 Hz to 4 kHz
+    (half of them holding one pitch), at random loudness over a little noise."""
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(n, 1, generator=g)
+
+    lo, hi = np.log(100.0), np.log(4000.0)
+    f0, f1 = uniform(lo, hi).exp(), uniform(lo, hi).exp()
+    f1 = torch.where(torch.rand(n, 1, generator=g) < 0.5, f0, f1)
+    u = torch.arange(samples, dtype=torch.float64) / samples
+    f0, f1 = f0.double(), f1.double()
+    phase = 2 * np.pi * torch.cumsum(f0 * (f1 / f0) ** u, dim=-1) / RATE + uniform(0, 2 * np.pi)
+    noise = torch.randn(n, samples, generator=g) * uniform(0.0, 0.05)
+    return (uniform(0.1, 0.9) * torch.sin(phase) + noise).float()
 
 
 @lru_cache
