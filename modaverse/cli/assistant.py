@@ -48,7 +48,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ModaverseError(f"{response}: already exists; pass --force to replace it or choose another --output-dir")
     check_writable(response)
     gen_kwargs = _generation_kwargs(args)  # cheap checks first: fail before any model is built
+    from modaverse.llm.prompt import place_media
+    from modaverse.media.sniff import check_file
 
+    for f in args.inputs:  # missing, empty or mislabelled, and the placeholders' count: before a model loads
+        check_file(Path(f))
+    place_media(args.instruction, len(args.inputs))
     from modaverse.pipeline.assistant import ModaVerse
 
     config = load(args)
