@@ -70,8 +70,10 @@ def test_samples_are_pure_functions_of_seed_and_index():
     (["zoo", "train", "text-to-smell"], ["text-to-smell", "text-to-image"]),
     (["zoo", "train", "text-to-image", "--set", "zoo_train.steps.text-to-image={vocoder: 5}"], ["vocoder", "vae, unet"]),
     (["zoo", "train", "text-to-image", "--set", "zoo_train.size=36"], ["zoo_train.size 36"]),
-    (["zoo", "train", "text-to-video", "--set", "zoo_train.zero_terminal_snr=true"],
-     ["zero_terminal_snr needs prediction_type v_prediction"]),
+    (["zoo", "train", "text-to-image", "--set", "zoo_train.zero_terminal_snr=true"],
+     ["zero_terminal_snr needs prediction_type v_prediction", "text-to-image predicts the noise"]),
+    (["zoo", "train", "text-to-video", "--set", "zoo_train.zero_terminal_snr=true", "--set",
+      "zoo_train.prediction_type=epsilon"], ["zero_terminal_snr needs prediction_type v_prediction"]),
 ])
 def test_zoo_train_refuses_bad_input_in_one_line(args, needles, tmp_path):
     one_line_error(run_cli(*args, "-o", tmp_path / "run"), *needles)
@@ -210,11 +212,14 @@ def test_the_shipped_image_generator_draws_what_it_is_asked(tmp_path):
 
 def test_the_shipped_video_generator_animates_what_it_is_asked(tmp_path):
     """The offline profiles' text-to-video (configs/checkpoints/zoo/text-to-video) moves the asked shape
-    the asked way: the judges read back the colour and the direction of motion of each clip."""
+    the asked way: the judges read back the colour and the direction of motion of each clip. Each pair shares
+    its seed, so the caption decides the direction, not the noise (as it did before zero terminal SNR)."""
     from modaverse.evaluation.roundtrip import read_video
 
-    for colour, shape, direction in [("blue", "circle", "left"), ("green", "ring", "down")]:
-        mp4, = _render("text-to-video", f"a {colour} {shape} moving {direction}", {"seed": 1}, tmp_path / colour)
+    for colour, shape, direction in [("blue", "circle", "left"), ("blue", "circle", "right"),
+                                     ("green", "ring", "up"), ("green", "ring", "down")]:
+        mp4, = _render("text-to-video", f"a {colour} {shape} moving {direction}", {"seed": 1},
+                       tmp_path / f"{colour}-{direction}")
         frames = read_video(mp4)
         assert frames.shape == (8, 32, 32, 3)
         assert judges.colour(frames[4]) == colour and judges.direction(frames) == direction, (colour, direction)
@@ -243,3 +248,15 @@ def test_the_vocoder_also_learns_tones_and_sweeps_across_the_band():
     starts = [freqs[np.argmax(judges.loud_power(w)[0])] for w in waves]
     assert "noise" not in kinds and {"low", "high", "chirp"} <= set(kinds)
     assert min(starts) < 200 and max(starts) > 2500
+
+
+def test_each_capability_has_its_own_noise_schedule_and_a_setting_overrides_it():
+    from modaverse.config import load_config
+
+    z = load_config("tiny").zoo_train
+    assert z.schedule("text-to-video") == {"prediction_type": "v_prediction", "zero_terminal_snr": True}
+    assert z.schedule("text-to-image") == {"prediction_type": "epsilon", "zero_terminal_snr": False}
+    z = load_config("tiny", ["zoo_train.prediction_type=epsilon"]).zoo_train
+    assert z.schedule("text-to-video") == {"prediction_type": "epsilon", "zero_terminal_snr": False}
+    z = load_config("tiny", ["zoo_train.prediction_type=v_prediction"]).zoo_train
+    assert z.schedule("image-editing") == {"prediction_type": "v_prediction", "zero_terminal_snr": False}

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
+from modaverse.core.errors import ConfigError
 from modaverse.core.modality import MODALITIES, Modality
 from modaverse.core.strict import Settings, Strict
 
@@ -290,6 +291,11 @@ class BindConfig(Settings):
 
 #: Each tiny generator's stages and their steps, sized for a run of about 45 minutes on a 2-core CPU; docs/zoo.md
 #: gives each shipped run's measured time (audio's took 48 minutes of CPU time, over the budget).
+#: Capability -> the noise schedule its UNet learns, where it is not Stable Diffusion 1.x's (the noise
+#: predicted on the scaled-linear schedule). Video learns the velocity on a schedule whose last step is pure
+#: noise: on the usual one it read a clip's motion from the signal left at the last step, and at render
+#: time, from pure noise, the noise chose the direction instead of the caption (docs/zoo.md).
+GENERATOR_SCHEDULES = {"text-to-video": {"prediction_type": "v_prediction", "zero_terminal_snr": True}}
 GENERATOR_STEPS = {"text-to-image": {"vae": 1000, "unet": 7000}, "text-to-video": {"text_encoder": 300, "unet": 3000},
                    "image-editing": {"unet": 5000}, "text-to-audio": {"vae": 1000, "vocoder": 6000, "unet": 2000}}
 
@@ -328,15 +334,16 @@ class ZooTrainConfig(Settings):
                                   "(at 32, 2,000 steps still left tones silent)")
     lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW), warmup then cosine, per stage")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="share of each stage's steps warming up")
-    prediction_type: Literal["epsilon", "v_prediction"] = Field(
-        "epsilon", description="what the UNet learns to predict: the noise (Stable Diffusion 1.x) or the velocity "
+    prediction_type: Literal["epsilon", "v_prediction"] | None = Field(
+        None, description="what the UNet learns to predict: the noise (Stable Diffusion 1.x) or the velocity "
         "(2.x), whose loss stays large at the noisiest steps, where layout and motion are decided; written into the "
-        "pipeline's scheduler config")
-    zero_terminal_snr: bool = Field(
-        False, description="rescale the noise schedule so its last step is pure noise (Lin et al. 2024), sampled "
+        "pipeline's scheduler config. null = each capability's own (GENERATOR_SCHEDULES: video the velocity, the "
+        "others the noise)")
+    zero_terminal_snr: bool | None = Field(
+        None, description="rescale the noise schedule so its last step is pure noise (Lin et al. 2024), sampled "
         "from that step ('trailing' timesteps); needs v_prediction. Otherwise the UNet learns to read a clip's layout "
         "and motion from the signal left at the last step, which pure noise at render time does not have; written "
-        "into the pipeline's scheduler config")
+        "into the pipeline's scheduler config. null = each capability's own (video yes, the others no)")
     caption_dropout: float = Field(0.1, ge=0, lt=1, description="share of captions replaced by the empty prompt")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the UNet's weights (what ships)")
     kl_weight: float = Field(1e-4, ge=0, description="VAE: weight of the KL term beside the reconstruction")
@@ -348,10 +355,22 @@ class ZooTrainConfig(Settings):
     text_hidden: int = Field(64, ge=8, description="width of the frozen, seeded text encoder")
     @model_validator(mode="after")
     def _zero_snr_needs_velocity(self):
-        if self.zero_terminal_snr and self.prediction_type != "v_prediction":
-            raise ValueError("zero_terminal_snr needs prediction_type v_prediction (at zero SNR the noise is the "
-                             "input itself, so predicting it teaches nothing)")
+        if self.zero_terminal_snr and self.prediction_type == "epsilon":
+            raise ValueError(_ZERO_SNR_NEEDS)
         return self
+
+    def schedule(self, capability: str) -> dict[str, Any]:
+        """The capability's own noise schedule (GENERATOR_SCHEDULES) with what this config sets over it."""
+        s = {"prediction_type": "epsilon", "zero_terminal_snr": False, **GENERATOR_SCHEDULES.get(capability, {})}
+        if self.prediction_type is not None:
+            s["prediction_type"] = self.prediction_type
+            s["zero_terminal_snr"] &= self.prediction_type == "v_prediction"
+        if self.zero_terminal_snr is not None:
+            s["zero_terminal_snr"] = self.zero_terminal_snr
+        if s["zero_terminal_snr"] and s["prediction_type"] != "v_prediction":
+            raise ConfigError(f"zoo_train.zero_terminal_snr: {_ZERO_SNR_NEEDS}; {capability} predicts the noise "
+                              "unless --set zoo_train.prediction_type=v_prediction")
+        return s
 
     @field_validator("steps", mode="before")
     @classmethod
@@ -370,6 +389,9 @@ class ZooTrainConfig(Settings):
     log_every: int = Field(50, ge=1, description="steps between logged losses")
     seed: int | None = Field(None, description="sample and noise seed; null = the global seed")
 
+
+_ZERO_SNR_NEEDS = ("zero_terminal_snr needs prediction_type v_prediction (at zero SNR the noisy input is the "
+                   "noise itself, so predicting it teaches nothing)")
 
 EVAL_CACHE = "~/.cache/modaverse/eval"
 

@@ -100,6 +100,7 @@ class GeneratorRecipe(StagedRecipe):
             raise ModaverseError(f"zoo_train.size {z.size}: not divisible by the VAE's and the UNet's downsampling "
                                  f"({2 ** (len(z.vae_channels) - 1)} x {2 ** (len(z.unet_channels) - 1)})")
         self.total = sum(n for _, n in self.stages)
+        self.schedule = z.schedule(self.capability)
         if self.capability in ("text-to-video", "image-editing"):
             self._init_from()  # before any output folder or model exists
         self.resume_from = check_output(self.out, self.want_resume, self.overwrite)
@@ -245,8 +246,8 @@ class GeneratorRecipe(StagedRecipe):
             m.requires_grad_(name in self._trained(stage))
             m.train(name == stage)  # a text encoder trained alongside stays in eval mode: no dropout
         if stage == "unet":  # the pipeline's scheduler says what the UNet predicts, for training and rendering
-            schedule = {"prediction_type": self.z.prediction_type}
-            if self.z.zero_terminal_snr:
+            schedule = {"prediction_type": self.schedule["prediction_type"]}
+            if self.schedule["zero_terminal_snr"]:
                 schedule.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
             self.pipe.scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config, **schedule)
             self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
@@ -353,7 +354,7 @@ class GeneratorRecipe(StagedRecipe):
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         if source is not None:
             noisy = torch.cat([noisy, image], dim=1)
-        if self.z.prediction_type == "v_prediction":
+        if self.schedule["prediction_type"] == "v_prediction":
             name, target = "v_mse", self.noise_scheduler.get_velocity(latents, noise, t)
         else:
             name, target = "noise_mse", noise
