@@ -18,7 +18,8 @@ from .conftest import Server
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
-    s = Server(tmp, "--queue-size", "2", "--max-upload-mb", "1", "--max-files", "3")
+    # one request decodes at a time, so in a burst two really wait (the full-queue test watches them)
+    s = Server(tmp, "--queue-size", "2", "--max-upload-mb", "1", "--max-files", "3", "--max-batch", "1")
     yield s
     s.stop()
 
