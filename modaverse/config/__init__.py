@@ -289,13 +289,13 @@ class BindConfig(Settings):
     seed: int | None = Field(None, description="data order and augmentation seed; null = the global seed")
 
 
-#: Each tiny generator's stages and their steps, sized for a run of about 45 minutes on a 2-core CPU; docs/zoo.md
-#: gives each shipped run's measured time (audio's took 48 minutes of CPU time, over the budget).
 #: Capability -> the noise schedule its UNet learns, where it is not Stable Diffusion 1.x's (the noise
 #: predicted on the scaled-linear schedule). Video learns the velocity on a schedule whose last step is pure
 #: noise: on the usual one it read a clip's motion from the signal left at the last step, and at render
 #: time, from pure noise, the noise chose the direction instead of the caption (docs/zoo.md).
 GENERATOR_SCHEDULES = {"text-to-video": {"prediction_type": "v_prediction", "zero_terminal_snr": True}}
+#: Each tiny generator's stages and their steps, sized for a run of under 45 minutes on a 2-core CPU; docs/zoo.md
+#: gives each shipped run's measured time (23 to 36 minutes of CPU time).
 GENERATOR_STEPS = {"text-to-image": {"vae": 1000, "unet": 7000}, "text-to-video": {"text_encoder": 300, "unet": 3000},
                    "image-editing": {"unet": 5000}, "text-to-audio": {"vae": 1000, "vocoder": 6000, "unet": 2000}}
 
