@@ -2,9 +2,9 @@
 
 ``UNet3DConditionModel`` attends over a clip's frames without positions, and only its temporal
 convolutions' zero padding tells the first frame from the last. A direction of motion is which frame
-shows the object where, so that UNet, trained on the synthetic world, learned the axis a caption
-names but not its sign: "moving left" and "moving right" moved alike for the same seed, 49% of clips
-the asked way. Here every temporal attention block adds the sinusoidal frame positions that
+shows the object where; on the synthetic world, with a schedule whose last step is pure noise, that
+UNet moved every horizontal clip the same way whatever the caption said. Here every temporal
+attention block adds the sinusoidal frame positions that
 AnimateDiff's motion modules carry, and nothing else changes: the same weights, config and
 pipeline (``TextToVideoSDPipeline``), so a diffusers folder names this class and loads it like any UNet.
 """

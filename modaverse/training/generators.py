@@ -44,7 +44,8 @@ log = logging.getLogger("modaverse")
 #: UNet's weights (the video UNet's spatial layers; the editing UNet's, with four more input channels
 #: for the source picture's latents, zero at first, as InstructPix2Pix starts from Stable Diffusion).
 #: Video's text encoder learns the captions first (:class:`CaptionHeads`), and its UNet knows the order
-#: of its frames (:class:`model_zoo.video_unet.FrameAwareUNet3D`): a direction of motion needs both.
+#: of its frames (:class:`model_zoo.video_unet.FrameAwareUNet3D`): with its schedule
+#: (``GENERATOR_SCHEDULES``), what moves a clip the asked way.
 CAPABILITIES = {"text-to-image": (("vae", "unet"), "StableDiffusionPipeline"),
                 "text-to-video": (("text_encoder", "unet"), "TextToVideoSDPipeline"),
                 "image-editing": (("unet",), "StableDiffusionInstructPix2PixPipeline"),
@@ -411,11 +412,11 @@ class CaptionHeads(torch.nn.Module):
     states averaged over every position the UNet attends to.
 
     Seeded at random, the video pipeline's CLIP encoder gave "moving left" and "moving right" states
-    of cosine 0.87 to 0.9 at the direction's own tokens (0.36 for two colours), and the UNet learned
-    the axis of motion (the captions' lengths differ) but never its sign: 49% of clips moved the
-    asked way, with the UNet's loss the same to four decimals for the asked and the opposite
-    direction. Trained first against these probes, the encoder hands the UNet states in which each
-    word differs as much as a colour does.
+    of cosine 0.87 to 0.9 at the direction's own tokens (0.36 for two colours; 0.996 against 0.98 over
+    the whole sequence). Trained first against these probes, it hands the UNet states in which a
+    direction differs as much as a colour does (0.46 over the sequence). On the zero-terminal-SNR
+    schedule, a UNet without this stage and without frame positions moved every horizontal clip the
+    same way (8 of 16 the asked way at step 1,500); with both, 16 of 16.
     """
 
     def __init__(self, hidden: int):
