@@ -43,9 +43,9 @@ log = logging.getLogger("modaverse")
 #: start from the trained text-to-image pipeline (``zoo_train.init_from``): its VAE, frozen, and its
 #: UNet's weights (the video UNet's spatial layers; the editing UNet's, with four more input channels
 #: for the source picture's latents, zero at first, as InstructPix2Pix starts from Stable Diffusion).
-#: Video's text encoder learns the captions first (:class:`CaptionHeads`), and its UNet knows the order
-#: of its frames (:class:`model_zoo.video_unet.FrameAwareUNet3D`): with its schedule
-#: (``GENERATOR_SCHEDULES``), what moves a clip the asked way.
+#: Video's text encoder learns the captions first (:class:`CaptionHeads`): with its schedule
+#: (``GENERATOR_SCHEDULES``), what moves a clip the asked way. Its UNet also knows the order of its frames
+#: (:class:`model_zoo.video_unet.FrameAwareUNet3D`), which an ablation found unneeded (docs/zoo.md).
 CAPABILITIES = {"text-to-image": (("vae", "unet"), "StableDiffusionPipeline"),
                 "text-to-video": (("text_encoder", "unet"), "TextToVideoSDPipeline"),
                 "image-editing": (("unet",), "StableDiffusionInstructPix2PixPipeline"),
@@ -415,8 +415,8 @@ class CaptionHeads(torch.nn.Module):
     of cosine 0.87 to 0.9 at the direction's own tokens (0.36 for two colours; 0.996 against 0.98 over
     the whole sequence). Trained first against these probes, it hands the UNet states in which a
     direction differs as much as a colour does (0.46 over the sequence). On the zero-terminal-SNR
-    schedule, a UNet without this stage and without frame positions moved every horizontal clip the
-    same way (8 of 16 the asked way at step 1,500); with both, 16 of 16.
+    schedule, a UNet without this stage moved every horizontal clip the same way (8 of 16 the asked
+    way at step 1,500); with it, 16 of 16.
     """
 
     def __init__(self, hidden: int):
