@@ -155,7 +155,7 @@ class Zoo:
         merged.setdefault("seed", self.seed if seed is None else seed)
         if hasattr(gen, "check_inputs"):  # optional for plug-ins: before any weights load
             gen.check_inputs(prompt, merged, inputs)
-        gen = self.acquire(capability)
+        self.acquire(capability)  # loads it, unloading others as the limits require
         t = time.perf_counter()
         files = gen.render(prompt, merged, out_dir, inputs)
         took = time.perf_counter() - t

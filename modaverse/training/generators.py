@@ -110,7 +110,8 @@ class GeneratorRecipe(StagedRecipe):
 
         with quiet():  # diffusers' and transformers' notices (deprecations, a missing torchvision) on import
             self.pipe = self._build()
-        self.heads = CaptionHeads(self.pipe.text_encoder.config.hidden_size)
+        learns_captions = "text_encoder" in CAPABILITIES[self.capability][0]
+        self.heads = CaptionHeads(self.pipe.text_encoder.config.hidden_size) if learns_captions else None
         self.ema = None
         if self.resume_from is not None:
             self.resume(self.resume_from)
@@ -192,7 +193,7 @@ class GeneratorRecipe(StagedRecipe):
         modules = {s: getattr(self.pipe, s) for s in CAPABILITIES[self.capability][0]}
         if self.capability in TRAINS_TEXT:
             modules["text_encoder"] = self.pipe.text_encoder
-        if "text_encoder" in CAPABILITIES[self.capability][0]:
+        if self.heads is not None:
             modules["caption_heads"] = self.heads  # kept in step checkpoints, not in the pipeline
         return modules
 
